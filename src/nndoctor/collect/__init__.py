@@ -1,0 +1,1 @@
+"""Collectors: hooks that read training without changing it. One file per quantity."""

@@ -1,0 +1,63 @@
+"""Gradients, read at the optimizer step (after any GradScaler unscaling; steps a scaler
+skips never reach the step hook, so they are never judged).
+
+Every step: one norm per parameter, computed on the device with `torch._foreach_norm`.
+Sampled steps: which weight rows got an exactly-zero gradient (a dead unit, however its
+activation was written), and which parameters have no gradient at all.
+"""
+from __future__ import annotations
+
+import torch
+
+from .buffer import StepBuffer
+
+ROW_WINDOW = 8  # sampled steps per dead-row window: a row silent for all of them is dead
+
+
+def norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Per-tensor L2 norms as one float32 vector on the first tensor's device."""
+    device = tensors[0].device
+    try:
+        if all(t.device == device and not t.is_sparse for t in tensors):
+            return torch.stack(torch._foreach_norm(tensors)).float()
+    except (RuntimeError, TypeError):
+        pass
+    out = [(t.coalesce().values() if t.is_sparse else t).norm().float().to(device) for t in tensors]
+    return torch.stack(out)
+
+
+class GradientCollector:
+    def __init__(self, params: list[tuple[str, torch.nn.Parameter]]):
+        self.params = params
+        self.norms = StepBuffer()
+        self.dead_rows = StepBuffer()
+        self.none_counts = {name: 0 for name, _ in params}
+        self.sampled = 0
+        self._rows = [(i, name) for i, (name, p) in enumerate(params) if p.dim() >= 2]
+        self._alive: dict[int, torch.Tensor] = {}
+        self._window = 0
+
+    def on_step(self, step: int, sampled: bool) -> None:
+        idx = tuple(i for i, (_, p) in enumerate(self.params) if p.grad is not None)
+        if idx:
+            self.norms.append(step, idx, norms([self.params[i][1].grad for i in idx]))
+        if sampled:
+            self._sample(step)
+
+    def _sample(self, step: int) -> None:
+        self.sampled += 1
+        for name, p in self.params:
+            if p.grad is None:
+                self.none_counts[name] += 1
+        for i, _ in self._rows:
+            g = self.params[i][1].grad
+            if g is None or g.is_sparse:
+                continue
+            alive = g.detach().flatten(1).ne(0).any(1)
+            self._alive[i] = alive if i not in self._alive else self._alive[i] | alive
+        self._window += 1
+        if self._window >= ROW_WINDOW and self._alive:
+            keys = tuple(sorted(self._alive))
+            row = torch.stack([(~self._alive[i]).float().mean().to(self._alive[keys[0]].device) for i in keys])
+            self.dead_rows.append(step, keys, row)
+            self._alive, self._window = {}, 0

@@ -1,0 +1,73 @@
+"""Where NaN/Inf starts: every training forward pass, each leaf module's output is summed
+on the device (one reduction, accumulated in float32 so fp16 outputs do not overflow it).
+A sum is non-finite exactly when the output holds a NaN/Inf (or overflows float32, which is
+as bad). The rows reach the CPU with the other buffers; the first step with a non-finite
+sum, and the first module in execution order at that step, is where it started. The
+model's input is checked the same way, so bad data is told apart from a bad op.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from .activations import first_tensor
+from .buffer import StepBuffer
+
+INPUT = "<input>"
+
+
+class NonFiniteSentinel:
+    def __init__(self, model: nn.Module, names: dict[nn.Module, str]):
+        self.model = model
+        self.names = names
+        self.rows = StepBuffer()
+        self.origin: dict | None = None
+        self.order: list[str] = []  # module names in execution order, from the first pass
+        self._calls: list[str] = []
+        self._sums: list[torch.Tensor] = []
+
+    def modules(self):
+        for module, name in self.names.items():
+            if module is not self.model and not any(True for _ in module.children()):
+                yield module, self._hook(name)
+
+    def on_input(self, module, args):
+        if torch.is_grad_enabled():
+            x = first_tensor(args)
+            if x is not None and x.is_floating_point():
+                self._record(INPUT, x)
+
+    def _hook(self, name: str):
+        def hook(module, inputs, output):
+            if torch.is_grad_enabled():
+                out = first_tensor(output)
+                if out is not None and out.is_floating_point():
+                    self._record(name, out)
+        return hook
+
+    def _record(self, name: str, tensor: torch.Tensor) -> None:
+        self._calls.append(name)
+        self._sums.append(torch.sum(tensor.detach(), dtype=torch.float32))
+
+    def end_step(self, step: int) -> None:
+        if self._sums:
+            if not self.order:
+                self.order = [c for c in self._calls if c != INPUT]
+            devices = {s.device for s in self._sums}
+            sums = self._sums if len(devices) == 1 else [s.cpu() for s in self._sums]
+            self.rows.append(step, tuple(self._calls), torch.stack(sums))
+        self._calls, self._sums = [], []
+
+    def flush(self) -> None:
+        """Find the origin in the rows that reached the CPU; keep the first one ever found."""
+        found = []
+        for calls, steps, values in self.rows.flush():
+            bad = ~np.isfinite(values)
+            rows = np.flatnonzero(bad.any(1))
+            if rows.size:
+                cols = np.flatnonzero(bad[rows[0]])
+                found.append({"step": int(steps[rows[0]]), "module": calls[cols[0]],
+                              "then": sorted({calls[c] for c in cols[1:]} - {calls[cols[0]]})[:8]})
+        if found and self.origin is None:
+            self.origin = min(found, key=lambda f: f["step"])

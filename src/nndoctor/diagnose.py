@@ -1,0 +1,214 @@
+"""`diagnose`: examine a setup before training, train it in place while watching, report.
+
+A setup a user could plausibly write never makes it raise: NaN data, labels out of range,
+shape mismatches and diverging runs all become findings. Only arguments that are not a
+model, data, loss or optimizer at all raise a TypeError/ValueError.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from torch import nn
+
+from .data import as_loader, check_data, sample
+from .findings import Finding, Report
+from .rules import fold
+from .watch import Doctor
+
+DEFAULT_EPOCHS = 5
+MIN_STEPS, MAX_STEPS = 200, 1000
+VALIDATIONS = 10  # validation points per run: enough for fit.overfitting to see a turn
+
+
+def diagnose(model, train_data, loss_fn=None, optimizer=None, val_data=None, steps=None,
+             batch_size=None, seed=0) -> Report:
+    """Check the data and model, train `model` in place with `optimizer` for `steps` steps
+    while watching, and return the Report. See the contract in docs/api.md."""
+    started = time.perf_counter()
+    _check_arguments(model, train_data, loss_fn, optimizer, val_data)
+    loader = as_loader(train_data, batch_size, shuffle=True, seed=seed)
+    val_loader = as_loader(val_data, batch_size or 256, shuffle=False) if val_data is not None else None
+    steps = int(steps) if steps else _default_steps(loader)
+    pre_findings, notes, meta = preflight(model, train_data, loss_fn, val_data, batch_size)
+    targets = describe_targets(train_data, loss_fn)
+    devices = [d for d in {p.device for p in model.parameters()} if d.type == "cuda"]
+    doctor = Doctor(model, optimizer, sample_every=max(1, min(10, steps // 100)), flush_every=20,
+                    planned_steps=steps)
+    doctor.targets = targets
+    was_training = model.training
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        with doctor:
+            trained, failure = _train(model, loader, loss_fn, optimizer, doctor, steps, val_loader)
+        doctor.extra.update(dropout_probe(model, loader, loss_fn))
+    model.train(was_training)
+    report = doctor.report()
+    findings = pre_findings + report.findings
+    if failure is not None and not any(f.code == failure.code for f in findings):
+        findings.insert(0, failure)
+    fold(findings)
+    if trained < steps and failure is None:
+        notes.append(f"stopped after {trained} of {steps} steps: the loss stayed non-finite")
+    meta.update(report.meta, steps_planned=steps, steps_trained=trained, batch_size=loader.batch_size,
+                seconds=round(time.perf_counter() - started, 3))
+    return Report(findings=findings, meta=meta, notes=notes + report.notes, series=report.series)
+
+
+def _check_arguments(model, train_data, loss_fn, optimizer, val_data) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    check_data(train_data, "train_data")
+    if val_data is not None:
+        check_data(val_data, "val_data")
+    if loss_fn is None or not callable(loss_fn):
+        raise TypeError("loss_fn must be an nn.Module or a callable(output, target) -> scalar tensor, "
+                        f"not {type(loss_fn).__name__}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError("optimizer must be a torch.optim.Optimizer over the model's parameters, "
+                        f"not {type(optimizer).__name__}")
+    own = {id(p) for p in model.parameters()}
+    if not any(id(p) in own for g in optimizer.param_groups for p in g["params"]):
+        raise ValueError("optimizer holds none of the model's parameters: build it from model.parameters()")
+
+
+def _default_steps(loader) -> int:
+    try:
+        per_epoch = len(loader)
+    except TypeError:
+        return MIN_STEPS
+    return max(MIN_STEPS, min(MAX_STEPS, DEFAULT_EPOCHS * per_epoch))
+
+
+def preflight(model, train_data, loss_fn, val_data, batch_size) -> tuple[list[Finding], list[str], dict]:
+    """The pre-training examination (nndoctor.checkup), as (findings, notes, meta)."""
+    try:
+        from .checkup import run_checks
+    except ImportError:
+        return [], [], {}
+    return run_checks(model, train_data, loss_fn, val_data, batch_size)
+
+
+def _split(batch, device):
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        raise TypeError("each batch must be an (input, target) pair")
+    x, y = batch[0], batch[1]
+    move = (lambda t: t.to(device, non_blocking=True) if isinstance(t, torch.Tensor) else t)
+    return move(x), move(y)
+
+
+def _train(model, loader, loss_fn, optimizer, doctor: Doctor, steps: int, val_loader):
+    """Train for `steps` steps. Returns (steps trained, a Finding if the setup crashed)."""
+    device = next(model.parameters()).device
+    val_every = max(1, steps // VALIDATIONS)
+    model.train()
+    step, batches = 0, iter(loader)
+    while step < steps:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            continue
+        try:
+            x, y = _split(batch, device)
+            loss = loss_fn(model(x), y)
+            if loss.dim() != 0:
+                raise ValueError(f"the loss is not a scalar (shape {tuple(loss.shape)}); reduce it with .mean()")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        except Exception as exc:  # a broken setup is a finding, never a crash
+            return step, crash_finding(exc, step)
+        doctor.log(loss=loss)
+        step += 1
+        if val_loader is not None and step % val_every == 0:
+            doctor.log(val_loss=evaluate(model, val_loader, loss_fn, device))
+        if step % doctor.flush_every == 0 and doctor.diverged():
+            break
+    return step, None
+
+
+@torch.no_grad()
+def evaluate(model, loader, loss_fn, device, max_batches: int = 8) -> float:
+    """Mean loss over up to `max_batches` validation batches, in eval mode."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for i, batch in enumerate(loader):
+            if i >= max_batches:
+                break
+            x, y = _split(batch, device)
+            total += float(loss_fn(model(x), y))
+            count += 1
+    finally:
+        model.train(was_training)
+    return total / count if count else float("nan")
+
+
+def crash_finding(exc: Exception, step: int) -> Finding:
+    text = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    lowered = text.lower()
+    if isinstance(exc, IndexError) or "out of bounds" in lowered or "target" in lowered and "range" in lowered:
+        return Finding.make("data.labels_out_of_range",
+                            f"The loss failed on the labels at step {step}: {text}", evidence={"error": text})
+    if any(k in lowered for k in ("size of tensor", "shape", "must match", "same size", "broadcast")):
+        return Finding.make("loss.shape_mismatch", f"Output and target shapes do not fit at step {step}: {text}",
+                            evidence={"error": text})
+    return Finding.make("run.failed", f"Training stopped at step {step} on an error: {text}",
+                        evidence={"error": text, "step": step}, step=step)
+
+
+def describe_targets(train_data, loss_fn) -> dict | None:
+    """The labels' shape and the loss of a predictor that ignores its input (the baseline)."""
+    rows = sample(train_data, max_rows=4096)
+    if rows is None or not isinstance(rows[1], torch.Tensor):
+        return None
+    y = rows[1]
+    try:
+        if not y.is_floating_point() and y.dim() == 1 and y.numel() and int(y.min()) >= 0:
+            counts = torch.bincount(y.long()).double()
+            prior = counts / counts.sum()
+            info = {"kind": "classes", "classes": int(counts.numel()), "top_share": float(prior.max())}
+            if isinstance(loss_fn, (nn.CrossEntropyLoss, nn.NLLLoss)):
+                nz = prior[prior > 0]
+                info["baseline"] = float(-(nz * nz.log()).sum())
+            return info
+        if y.is_floating_point() and y.numel() > 1:
+            y = y.double()
+            info = {"kind": "values", "std": float(y.std())}
+            if isinstance(loss_fn, nn.MSELoss):
+                info["baseline"] = float(((y - y.mean(0)) ** 2).mean())
+            elif isinstance(loss_fn, nn.L1Loss):
+                info["baseline"] = float((y - y.median()).abs().mean())
+            elif isinstance(loss_fn, (nn.BCELoss, nn.BCEWithLogitsLoss)) and 0 <= float(y.min()) and float(y.max()) <= 1:
+                p = float(y.mean().clamp(1e-6, 1 - 1e-6))
+                info["baseline"] = -(p * math.log(p) + (1 - p) * math.log(1 - p))
+            return info
+    except (RuntimeError, ValueError):
+        return None
+    return None
+
+
+def dropout_probe(model, loader, loss_fn) -> dict:
+    """Loss on one batch with dropout on vs off (RNG forked, no gradient): for reg.too_strong."""
+    dropouts = [(n, m.p) for n, m in model.named_modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
+    if not dropouts:
+        return {}
+    device = next(model.parameters()).device
+    try:
+        x, y = _split(next(iter(loader)), device)
+        was_training = model.training
+        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            model.train()
+            on = sum(float(loss_fn(model(x), y)) for _ in range(3)) / 3
+            model.eval()
+            off = float(loss_fn(model(x), y))
+        model.train(was_training)
+    except Exception:
+        return {}
+    if not (math.isfinite(on) and math.isfinite(off)):
+        return {}
+    return {"dropout_gap": {"train_mode": on, "eval_mode": off, "p": max(p for _, p in dropouts),
+                            "modules": [n for n, _ in dropouts]}}

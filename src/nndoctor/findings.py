@@ -1,0 +1,283 @@
+"""Findings, the code registry and the Report.
+
+The registry below is the single source of truth for every finding code: its default
+severity, a short title and the fix the report recommends. `docs/findings.md` is
+generated from it (`python -m nndoctor.findings > docs/findings.md`).
+
+Codes are listed in *precedence* order: a finding earlier in the list is closer to a root
+cause than one later in it. The order follows how a fault propagates: bad data poisons
+everything; a broken model or loss makes any optimiser fail; a wrong training loop makes
+any learning rate fail; a wrong learning rate shows up as gradient pathologies; those show
+up as dead or saturated units; all of them show up as loss symptoms; fit problems are
+judged last because every earlier fault also spoils the fit.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SEVERITIES = ("error", "warning", "info")
+
+
+@dataclass(frozen=True)
+class CodeInfo:
+    code: str
+    severity: str
+    title: str
+    fix: str
+
+
+_CODES = [
+    # data: checked before training, from the data itself
+    CodeInfo("data.nonfinite", "error", "NaN or Inf in the data",
+             "Drop or impute the rows with NaN/Inf and find where they come from (a division by zero, a log of 0, a failed parse)."),
+    CodeInfo("data.labels_out_of_range", "error", "Labels outside what the loss accepts",
+             "Re-map the labels to 0..C-1 (e.g. `y = y - 1` for labels 1..C) or make the output layer as wide as the number of classes."),
+    CodeInfo("data.no_signal", "error", "Inputs carry no signal about the targets",
+             "Check that inputs and labels are aligned (same order, same shuffling) and that the right columns are used."),
+    CodeInfo("data.not_normalized", "warning", "Inputs are not normalized",
+             "Standardize each input feature (subtract the mean, divide by the std), with statistics fitted on the training split."),
+    CodeInfo("data.target_scale", "warning", "Regression targets on a large scale",
+             "Standardize the targets for training and invert the scaling at prediction time."),
+    CodeInfo("data.unshuffled", "warning", "Batches are not shuffled",
+             "Shuffle the training data every epoch (`DataLoader(..., shuffle=True)`)."),
+    CodeInfo("data.class_imbalance", "warning", "One class dominates the labels",
+             "Weight the loss by inverse class frequency or resample, and track a metric beyond accuracy."),
+    CodeInfo("data.constant_feature", "info", "Constant input features",
+             "Drop the constant features, or guard the division when standardizing."),
+    # model and loss: checked before training, from the structure and one batch
+    CodeInfo("output.activation_mismatch", "error", "Final activation does not fit the loss",
+             "Remove the final activation when the loss expects raw outputs (CrossEntropyLoss, BCEWithLogitsLoss, regression), or use the loss that expects it."),
+    CodeInfo("loss.shape_mismatch", "error", "Output and target shapes broadcast silently",
+             "Reshape one side so output and target have the same shape (e.g. `out.squeeze(-1)` or `y.view(-1, 1)`)."),
+    CodeInfo("init.symmetric", "error", "Units start identical",
+             "Initialize weights randomly: He (kaiming) for ReLU-like activations, Xavier/Glorot for tanh/sigmoid."),
+    CodeInfo("init.scale_mismatch", "warning", "Weight scale does not preserve the signal",
+             "Use the initialization that matches the activation: He for ReLU-like, Xavier/Glorot for tanh/sigmoid, LeCun for SELU."),
+    CodeInfo("loss.init_mismatch", "warning", "Initial loss far from its expected value",
+             "Scale down the last layer's weights and set its bias to the class prior (or the target mean for regression)."),
+    CodeInfo("arch.too_deep", "warning", "A deep plain stack",
+             "Start with 3-8 layers; add BatchNorm/LayerNorm and residual connections before going deeper."),
+    CodeInfo("arch.bottleneck", "warning", "A hidden layer too narrow for the task",
+             "Widen the layer to a few times the number of outputs (256-1024 units is a sane start)."),
+    CodeInfo("run.failed", "error", "Training could not run",
+             "Read the error in the evidence: the model or the loss raised on a real batch; run one batch by hand to see it."),
+    # the user's training loop
+    CodeInfo("loop.missing_zero_grad", "error", "Gradients are never zeroed",
+             "Call `optimizer.zero_grad()` once per step, before `loss.backward()` (or accumulate on purpose and zero after each `step()`)."),
+    CodeInfo("loop.eval_mode", "warning", "Training in eval mode",
+             "Call `model.train()` before the training steps (and `model.eval()` only around validation)."),
+    CodeInfo("grad.none", "warning", "Parameters never receive a gradient",
+             "Use these parameters in the forward pass, remove them, or freeze them on purpose with `requires_grad_(False)`; look for a `.detach()`, `.data` or `torch.no_grad()` that cuts the graph."),
+    CodeInfo("grad.zero", "error", "Gradients are exactly zero",
+             "Replace the non-differentiable op (round, argmax, sign, a comparison, a hard clamp) with a differentiable one, or keep it out of the loss path."),
+    # learning rate
+    CodeInfo("lr.too_high", "error", "Learning rate too high",
+             "Lower the learning rate, about 10x (an LR range test finds the largest rate that does not diverge; use a tenth of it); add warm-up."),
+    CodeInfo("lr.too_low", "warning", "Learning rate too low",
+             "Raise the learning rate, about 10x, or run an LR range test (`nndoctor.find_lr`)."),
+    # gradients
+    CodeInfo("grad.exploding", "error", "Exploding gradients",
+             "Lower the learning rate, use a variance-preserving init, add normalization; clip gradients only as a last resort."),
+    CodeInfo("grad.vanishing", "warning", "Vanishing gradients",
+             "Use ReLU-like activations with He init, add BatchNorm/LayerNorm or residual connections; for RNNs use a gated cell (LSTM/GRU)."),
+    CodeInfo("grad.clipped_always", "warning", "Gradient clipping fires on most steps",
+             "Lower the learning rate until clipping rarely fires; clipping should catch outliers, not every step."),
+    # units and layers
+    CodeInfo("units.dead", "warning", "Dead ReLU units",
+             "Lower the learning rate, use He init and a small positive bias, or switch to LeakyReLU/ELU."),
+    CodeInfo("units.saturated", "warning", "Saturated sigmoid/tanh units",
+             "Normalize the inputs, use Xavier init, switch to ReLU-like activations or add BatchNorm."),
+    CodeInfo("layers.slow_bottom", "warning", "Bottom layers learn far slower than the top",
+             "Add normalization or residual connections, or give the bottom layers a larger learning rate."),
+    # loss symptoms
+    CodeInfo("loss.nonfinite", "error", "Loss became NaN/Inf",
+             "Find the op that produced it (named in the evidence); lower the learning rate; check the data for NaN/Inf."),
+    CodeInfo("output.collapsed", "warning", "The model answers the same for every input",
+             "Check the init and learning rate (dead or saturated units), that inputs and labels are aligned, and weight the classes."),
+    CodeInfo("loss.oscillation", "warning", "Loss oscillates without progress",
+             "Lower the learning rate, add momentum (0.9), or use Adam."),
+    CodeInfo("loss.plateau", "warning", "Loss stuck on a plateau",
+             "Check the init and the learning rate, look for dead or saturated units; try a restart from another seed."),
+    CodeInfo("loss.fluctuation", "info", "Loss fluctuates around a flat mean late in training",
+             "Decay the learning rate (step, cosine or 1/t schedule) for the last part of training, or grow the batch."),
+    # curvature and batch (deep analysis)
+    CodeInfo("curvature.ill_conditioned", "warning", "Ill-conditioned curvature (a ravine)",
+             "Use momentum or Adam, and normalize inputs and activations."),
+    CodeInfo("batch.too_large", "info", "Batch far larger than the gradient noise scale",
+             "Use smaller batches (16-128 is a good start)."),
+    # fit
+    CodeInfo("reg.too_strong", "warning", "Regularization too strong to fit",
+             "Lower dropout (at most 0.5, none on small nets) and weight decay, then add them back while watching validation."),
+    CodeInfo("fit.underfitting", "warning", "The model cannot fit the training data",
+             "Fix the optimization findings first; then add capacity or train longer."),
+    CodeInfo("fit.overfitting", "warning", "Overfitting",
+             "Stop early at the best validation step, add weight decay or dropout, augment or add data."),
+    CodeInfo("optimum.local", "info", "Runs from different seeds end far apart",
+             "Use random restarts and keep the best run; momentum or a wider network smooths the landscape."),
+]
+
+REGISTRY: dict[str, CodeInfo] = {c.code: c for c in _CODES}
+PRECEDENCE: dict[str, int] = {c.code: i for i, c in enumerate(_CODES)}
+
+
+def info(code: str) -> CodeInfo:
+    """The registry entry for `code`; a KeyError names the unknown code."""
+    try:
+        return REGISTRY[code]
+    except KeyError:
+        raise KeyError(f"unknown finding code {code!r}") from None
+
+
+def _clean(value: Any) -> Any:
+    """Make evidence JSON-safe and stable: numpy scalars to Python, non-finite floats to strings."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy / torch scalar
+        value = value.item()
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return float(f"{value:.6g}")
+        return str(value)  # "nan", "inf", "-inf"
+    return str(value)
+
+
+@dataclass
+class Finding:
+    code: str
+    severity: str
+    message: str
+    fix: str
+    evidence: dict = field(default_factory=dict)
+    where: str | list[str] | None = None
+    step: int | None = None
+    cause: str | None = None  # the root-cause code this symptom is folded under
+
+    def __post_init__(self):
+        info(self.code)
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"severity must be one of {SEVERITIES}, not {self.severity!r}")
+        self.evidence = _clean(self.evidence)
+
+    @classmethod
+    def make(cls, code: str, message: str, *, evidence: dict | None = None, where=None,
+             step: int | None = None, severity: str | None = None, fix: str | None = None) -> "Finding":
+        """A finding with the registry's severity and fix unless given."""
+        entry = info(code)
+        return cls(code=code, severity=severity or entry.severity, message=message,
+                   fix=fix or entry.fix, evidence=evidence or {}, where=where, step=step)
+
+    @property
+    def title(self) -> str:
+        return REGISTRY[self.code].title
+
+    @property
+    def is_problem(self) -> bool:
+        return self.severity in ("error", "warning")
+
+
+def rank(finding: Finding) -> tuple:
+    """Sort key: problems before advice, then root causes before symptoms."""
+    return (finding.severity == "info", PRECEDENCE[finding.code], finding.step if finding.step is not None else -1)
+
+
+@dataclass
+class Report:
+    findings: list[Finding] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)       # what was examined: steps, model, data, timing
+    notes: list[str] = field(default_factory=list)  # why a verdict could not be reached, what was skipped
+    series: dict = field(default_factory=dict)      # downsampled traces for plots: name -> {"step": [...], "value": [...]}
+
+    def __post_init__(self):
+        self.findings = order(self.findings)
+
+    def has(self, code: str) -> bool:
+        """True if a finding with this code is at warning or error."""
+        return any(f.code == code and f.is_problem for f in self.findings)
+
+    def get(self, code: str) -> Finding | None:
+        return next((f for f in self.findings if f.code == code), None)
+
+    @property
+    def healthy(self) -> bool:
+        return not any(f.is_problem for f in self.findings)
+
+    @property
+    def root(self) -> Finding | None:
+        return next((f for f in self.findings if f.is_problem), None)
+
+    def to_dict(self) -> dict:
+        return {"nndoctor_report": 1, "findings": [asdict(f) for f in self.findings],
+                "meta": _clean(self.meta), "notes": list(self.notes), "series": _clean(self.series)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Report":
+        if not isinstance(data, dict) or "findings" not in data:
+            raise ValueError("not an nndoctor report (no 'findings')")
+        findings = [Finding(**f) for f in data["findings"]]
+        return cls(findings=findings, meta=data.get("meta", {}), notes=data.get("notes", []),
+                   series=data.get("series", {}))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Report":
+        return cls.from_dict(json.loads(text))
+
+    def save_json(self, path) -> None:
+        from pathlib import Path
+        Path(path).write_text(self.to_json())
+
+    def save_html(self, path) -> None:
+        from .report.html import render_html
+        from pathlib import Path
+        Path(path).write_text(render_html(self), encoding="utf-8")
+
+    def __str__(self) -> str:
+        from .report.terminal import render_text
+        return render_text(self)
+
+    def __rich__(self):
+        from .report.terminal import renderable
+        return renderable(self)
+
+
+def order(findings: list[Finding]) -> list[Finding]:
+    """Root causes first, each followed (depth first) by the symptoms folded under it."""
+    ranked = sorted(findings, key=rank)
+    codes = {f.code for f in ranked}
+    out: list[Finding] = []
+
+    def visit(f: Finding) -> None:
+        out.append(f)
+        for g in ranked:
+            if g.cause == f.code and not any(g is o for o in out):
+                visit(g)
+
+    for f in ranked:
+        if (f.cause is None or f.cause not in codes) and not any(f is o for o in out):
+            visit(f)
+    out.extend(f for f in ranked if not any(f is o for o in out))  # a cause cycle: keep them all
+    return out
+
+
+def registry_markdown() -> str:
+    """The findings table for the docs, generated from the registry."""
+    lines = ["# Finding codes", "",
+             "Generated from `nndoctor.findings` (`python -m nndoctor.findings`). Listed in precedence",
+             "order: when several findings are present, the one higher in this table is reported first,",
+             "as the more likely root cause.", "",
+             "| code | default severity | title | fix |", "|---|---|---|---|"]
+    lines += [f"| `{c.code}` | {c.severity} | {c.title} | {c.fix} |" for c in _CODES]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(registry_markdown(), end="")

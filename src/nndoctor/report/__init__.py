@@ -1,0 +1,1 @@
+"""Showing a report: terminal (rich) and HTML."""

@@ -1,0 +1,149 @@
+"""Rules: one small function per pitfall, registered by its finding code.
+
+A rule reads the evidence of a `Run` and returns a `Finding` (or None when the evidence is
+absent or too weak). Each rule states its threshold and why, next to the number. `judge`
+runs them all, never lets one broken rule stop the others, and folds each symptom under
+its root cause (CAUSES).
+
+To add a rule: write one function in the file of its area with `@rule("area.name")`, add a
+sick and a healthy case to the tests; nothing else changes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..findings import Finding
+from ..history import History, Series
+
+RULES: dict[str, Callable[["Run"], Finding | None]] = {}
+
+# symptom -> root causes that explain it, most specific first
+CAUSES = {
+    "loss.nonfinite": ("data.nonfinite", "lr.too_high", "grad.exploding", "init.scale_mismatch"),
+    "grad.exploding": ("lr.too_high", "init.scale_mismatch", "arch.too_deep", "loop.missing_zero_grad"),
+    "loss.oscillation": ("lr.too_high", "data.unshuffled", "loop.missing_zero_grad"),
+    "units.dead": ("lr.too_high", "init.scale_mismatch", "data.not_normalized"),
+    "units.saturated": ("data.not_normalized", "init.scale_mismatch", "lr.too_high", "arch.too_deep"),
+    "grad.vanishing": ("units.saturated", "init.scale_mismatch", "arch.too_deep"),
+    "layers.slow_bottom": ("grad.vanishing", "units.saturated", "arch.too_deep", "init.scale_mismatch"),
+    "output.collapsed": ("lr.too_high", "units.dead", "units.saturated", "data.class_imbalance",
+                         "output.activation_mismatch", "init.symmetric", "grad.zero", "grad.vanishing",
+                         "lr.too_low", "data.no_signal", "reg.too_strong"),
+    "loss.plateau": ("init.symmetric", "grad.zero", "data.no_signal", "output.activation_mismatch",
+                     "lr.too_low", "grad.vanishing", "units.dead", "units.saturated", "output.collapsed",
+                     "reg.too_strong", "loop.eval_mode"),
+    "fit.underfitting": ("data.no_signal", "data.labels_out_of_range", "output.activation_mismatch",
+                         "init.symmetric", "grad.zero", "grad.none", "lr.too_high", "lr.too_low",
+                         "grad.vanishing", "units.dead", "units.saturated", "layers.slow_bottom",
+                         "reg.too_strong", "arch.bottleneck", "loss.plateau", "output.collapsed"),
+    "loss.fluctuation": ("data.unshuffled",),
+    "grad.clipped_always": ("lr.too_high",),
+    "lr.too_low": ("data.target_scale",),
+}
+
+
+def rule(code: str):
+    def register(fn):
+        RULES[code] = fn
+        fn.code = code
+        return fn
+    return register
+
+
+@dataclass
+class Run:
+    """Everything the rules may read about a run, as of `step`."""
+    history: History
+    step: int
+    final: bool = True
+    planned_steps: int | None = None
+    model: nn.Module | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    params: list = field(default_factory=list)             # [(name, Parameter)] watched
+    module_names: dict = field(default_factory=dict)       # module -> name
+    kinds: dict = field(default_factory=dict)              # module name -> relu/saturating/weighted/recurrent
+    last_activation: str | None = None
+    origin: dict | None = None                             # where non-finite values started
+    none_counts: dict = field(default_factory=dict)
+    sampled: int = 0
+    not_in_optimizer: list = field(default_factory=list)
+    loop_steps: int = 0
+    eval_steps: int = 0
+    targets: dict | None = None
+    rnn_sensitivity: dict = field(default_factory=dict)
+    order: list = field(default_factory=list)              # module names in execution order
+    extra: dict = field(default_factory=dict)              # evidence added by diagnose (e.g. dropout probe)
+
+    # ---- convenient views ------------------------------------------------------------
+    def loss(self) -> tuple[np.ndarray, np.ndarray]:
+        s = self.history.get("loss")
+        return s.trace() if s is not None else (np.zeros(0, int), np.zeros(0))
+
+    def series(self, name: str) -> Series | None:
+        s = self.history.get(name)
+        return s if s is not None and len(s) else None
+
+    def module_of(self, param_name: str) -> str:
+        return param_name.rsplit(".", 1)[0] if "." in param_name else param_name
+
+    def weight_layers(self) -> list[str]:
+        """Weight-matrix parameters (ndim >= 2, not embeddings), from input to output in the
+        order their modules run (registration order as a fallback)."""
+        embeddings = {n for m, n in self.module_names.items() if isinstance(m, nn.Embedding)}
+        names = [n for n, p in self.params if p.dim() >= 2 and self.module_of(n) not in embeddings
+                 and self.series("grad_norm/" + n) is not None]
+        position = {n: i for i, n in reversed(list(enumerate(self.order)))}
+        return sorted(names, key=lambda n: position.get(self.module_of(n), len(position)))
+
+    def numel(self, param_name: str) -> int:
+        return next((p.numel() for n, p in self.params if n == param_name), 1)
+
+    @property
+    def baseline(self) -> float | None:
+        """The loss of a predictor that ignores its input (the label prior), when known."""
+        return (self.targets or {}).get("baseline")
+
+    def loss_is_poor(self, values: np.ndarray) -> bool:
+        """The loss ends far from where a learning model would be: within half of the
+        input-independent baseline when that is known, otherwise less than halved."""
+        from .curves import end_level, relative_drop
+        if self.baseline:
+            return end_level(values) >= 0.5 * self.baseline
+        return relative_drop(values) < 0.5
+
+    @property
+    def progress(self) -> float:
+        """Fraction of the planned run seen so far (1.0 when unknown and final)."""
+        if self.planned_steps:
+            return min(1.0, self.step / self.planned_steps)
+        return 1.0 if self.final else 0.0
+
+
+def judge(run: Run) -> tuple[list[Finding], list[str]]:
+    """Run every rule; fold symptoms under their causes. Returns (findings, notes)."""
+    from . import fit, gradients, learning_rate, loop, loss, output, units  # noqa: F401  (registers)
+    findings, notes = [], []
+    for code, fn in RULES.items():
+        try:
+            found = fn(run)
+        except Exception as exc:  # one broken rule must not silence the others
+            notes.append(f"rule {code} skipped: {type(exc).__name__}: {exc}")
+            continue
+        if found is not None:
+            findings.append(found)
+    fold(findings)
+    return findings, notes
+
+
+def fold(findings: list[Finding]) -> None:
+    """Mark each symptom with the first of its known causes that is present."""
+    present = {f.code for f in findings if f.is_problem}
+    for f in findings:
+        causes = [c for c in CAUSES.get(f.code, ()) if c in present and c != f.code]
+        if causes and f.cause is None:
+            f.cause = causes[0]

@@ -1,0 +1,68 @@
+"""Small, robust statistics on loss traces shared by the rules. Medians, not means, so
+one noisy batch never decides a verdict."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def finite(values: np.ndarray) -> np.ndarray:
+    return values[np.isfinite(values)]
+
+
+def smooth(values: np.ndarray, width: int | None = None) -> np.ndarray:
+    """Running median (odd width, about a tenth of the trace, at least 3)."""
+    n = len(values)
+    width = width or max(3, n // 10)
+    width = min(width | 1, n if n % 2 else n - 1)
+    if width < 3:
+        return values.copy()
+    half = width // 2
+    padded = np.pad(values, half, mode="edge")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, width)
+    return np.median(windows, axis=1)
+
+
+def start_level(values: np.ndarray) -> float:
+    """The loss at the start: the median of the first few finite values."""
+    v = finite(values)
+    return float(np.median(v[: max(3, min(10, len(v) // 20))])) if len(v) else float("nan")
+
+
+def end_level(values: np.ndarray, share: float = 0.1) -> float:
+    """The loss at the end: the median of the last `share` of finite values (at least 5)."""
+    v = finite(values)
+    return float(np.median(v[-max(5, int(len(v) * share)):])) if len(v) else float("nan")
+
+
+def relative_drop(values: np.ndarray) -> float:
+    """(start - end) / |start|: 1 means the loss fell to zero, 0 no progress, < 0 it rose."""
+    s, e = start_level(values), end_level(values)
+    return (s - e) / abs(s) if s else 0.0
+
+
+def trend(values: np.ndarray) -> tuple[float, float]:
+    """(slope per step relative to the mean level, R² of a straight-line fit)."""
+    v = finite(values)
+    if len(v) < 5:
+        return 0.0, 0.0
+    x = np.arange(len(v), dtype=np.float64)
+    slope, intercept = np.polyfit(x, v, 1)
+    fitted = slope * x + intercept
+    total = ((v - v.mean()) ** 2).sum()
+    r2 = 1 - ((v - fitted) ** 2).sum() / total if total > 0 else 0.0
+    level = abs(v.mean()) or 1.0
+    return float(slope / level), float(r2)
+
+
+def tail(values: np.ndarray, share: float) -> np.ndarray:
+    return values[int(len(values) * (1 - share)):]
+
+
+def still_falling(values: np.ndarray, share: float = 0.5, by: float = 0.02) -> bool:
+    """A straight line through the last `share` of the trace falls by more than `by` of the
+    level over that stretch: the run is still learning, not stuck or converged."""
+    late = finite(tail(values, share))
+    if len(late) < 5:
+        return False
+    slope, _ = trend(late)
+    return slope * len(late) < -by

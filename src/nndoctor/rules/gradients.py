@@ -1,0 +1,157 @@
+"""Gradient rules: vanishing (across layers and through time), exploding, exactly zero,
+missing, and clipping that fires on every step."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..findings import Finding
+from . import Run, rule
+from .curves import finite, tail
+
+VANISH_RATIO = 1e-3   # bottom/top gradient RMS below 1e-3: AUTOTRAINER's β1 for the first/last layer ratio
+EXPLODE_RATIO = 1e2   # bottom/top gradient RMS above 100 (AUTOTRAINER uses 70 on norms)
+EXPLODE_GROWTH = 1e3  # total gradient norm 1000x its value at the start
+TIME_RATIO = 1e-3     # the first time step's influence on the last output below 1e-3 of the last step's
+ZERO_SHARE = 0.9      # exactly-zero gradient on 90% of steps: not chance, a cut in the graph
+PINNED = 1e-3         # total norm within 0.1% of the same value: a clipping threshold, not chance
+PINNED_SHARE = 0.5    # pinned on half of the steps or more
+
+
+def rms_profile(run: Run) -> tuple[list[str], np.ndarray] | None:
+    """Per-step gradient RMS of each weight layer (input to output), over the last half."""
+    layers = run.weight_layers()
+    if len(layers) < 3:
+        return None
+    traces = [run.history["grad_norm/" + n].trace() for n in layers]
+    n = min(len(t[1]) for t in traces)
+    if n < 5:
+        return None
+    rms = np.stack([t[1][-n:] / math.sqrt(run.numel(name)) for t, name in zip(traces, layers)])
+    return layers, tail(rms.T, 0.5).T
+
+
+def layer_ratio(run: Run) -> tuple[float, str, str] | None:
+    profile = rms_profile(run)
+    if profile is None:
+        return None
+    layers, rms = profile
+    ok = np.isfinite(rms).all(0) & (rms[-1] > 0)
+    if ok.sum() < 3:
+        return None
+    return float(np.median(rms[0, ok] / rms[-1, ok])), layers[0], layers[-1]
+
+
+@rule("grad.vanishing")
+def grad_vanishing(run: Run) -> Finding | None:
+    _, values = run.loss()
+    if len(finite(values)) < 10 or not run.loss_is_poor(values):
+        return None  # gated like AUTOTRAINER: small bottom gradients matter when training fails
+    found = layer_ratio(run)
+    if found and found[0] < VANISH_RATIO:
+        ratio, bottom, top = found
+        return Finding.make("grad.vanishing",
+                            f"The gradient reaching `{bottom}` is {ratio:.1e} of the one at `{top}` "
+                            f"({-math.log10(max(ratio, 1e-300)):.0f} orders of magnitude lost on the way down).",
+                            evidence={"bottom_to_top_rms": ratio, "bottom": bottom, "top": top},
+                            where=[bottom, top])
+    for name, profile in run.rnn_sensitivity.items():
+        first, last = profile[0], profile[-1]
+        if last > 0 and first / last < TIME_RATIO:
+            memory = next((k for k in range(len(profile)) if profile[-1 - k] < TIME_RATIO * last), len(profile))
+            return Finding.make("grad.vanishing",
+                                f"Through time in `{name}`: the first of {len(profile)} steps has {first / last:.1e} "
+                                f"of the last step's influence on the output; the gradient fades after about "
+                                f"{memory} steps.",
+                                evidence={"first_to_last": first / last, "sequence_length": len(profile),
+                                          "memory_steps": memory}, where=name)
+    return None
+
+
+@rule("grad.exploding")
+def grad_exploding(run: Run) -> Finding | None:
+    total = run.series("grad_norm/total")
+    if total is None or len(total) < 3:
+        return None
+    steps, norms = total.trace()
+    start = float(np.median(norms[:3])) if np.isfinite(norms[:3]).all() else float("nan")
+    _, loss = run.loss()
+    if np.isfinite(start) and start > 0:
+        grown = norms > EXPLODE_GROWTH * start  # a NaN without growth is a bad op, not an explosion
+        if grown.any():
+            i = int(np.argmax(grown))
+            peak = float(np.nanmax(np.where(np.isfinite(norms), norms, np.nan))) if np.isfinite(norms).any() else start
+            return Finding.make("grad.exploding",
+                                f"The gradient norm grew from {start:.3g} to {norms[i]:.3g} by step {int(steps[i])}.",
+                                evidence={"start_norm": start, "norm_at_detection": float(norms[i]), "peak_norm": peak},
+                                step=int(steps[i]))
+    found = layer_ratio(run)
+    if found and found[0] > EXPLODE_RATIO and run.loss_is_poor(loss):
+        ratio, bottom, top = found
+        return Finding.make("grad.exploding",
+                            f"The gradient at `{bottom}` is {ratio:.3g}x the one at `{top}`: it grows layer by "
+                            f"layer on the way down.",
+                            evidence={"bottom_to_top_rms": ratio, "bottom": bottom, "top": top}, where=[bottom, top])
+    return None
+
+
+@rule("grad.zero")
+def grad_zero(run: Run) -> Finding | None:
+    zero, total_nonzero = [], False
+    for name, _ in run.params:
+        s = run.series("grad_norm/" + name)
+        if s is None or len(s) < 10:
+            continue
+        v = s.trace()[1]
+        if np.mean(v == 0) >= ZERO_SHARE and v[0] == 0:
+            positive = run.series("positive/" + run.module_of(name))
+            if positive is not None and np.median(positive.trace()[1]) < 0.01:
+                continue  # the layer's outputs are never positive: dead ReLUs, not a cut graph
+            zero.append(name)
+        elif np.any(v > 0):
+            total_nonzero = True
+    if zero and total_nonzero:
+        return Finding.make("grad.zero",
+                            f"{len(zero)} parameter(s) on the loss path get an exactly-zero gradient on every step "
+                            f"(e.g. `{zero[0]}`): an op between them and the loss is not differentiable.",
+                            evidence={"parameters": zero[:20], "count": len(zero)}, where=zero[:20])
+    return None
+
+
+@rule("grad.none")
+def grad_none(run: Run) -> Finding | None:
+    never = [n for n, c in run.none_counts.items() if run.sampled >= 3 and c == run.sampled]
+    if never and len(never) < len(run.none_counts):
+        return Finding.make("grad.none",
+                            f"{len(never)} parameter(s) never received a gradient (e.g. `{never[0]}`): they are not "
+                            f"used in the loss, or the graph is cut (`.detach()`, `.data`, `no_grad`).",
+                            evidence={"parameters": never[:20], "count": len(never)}, where=never[:20])
+    if run.not_in_optimizer and run.sampled >= 1:
+        names = run.not_in_optimizer
+        return Finding.make("grad.none",
+                            f"{len(names)} trainable parameter(s) are not in the optimizer (e.g. `{names[0]}`): "
+                            f"they never change.",
+                            evidence={"parameters": names[:20], "count": len(names)}, where=names[:20],
+                            fix="Pass all trainable parameters to the optimizer (`model.parameters()`), or freeze "
+                                "the others on purpose with `requires_grad_(False)`.")
+    return None
+
+
+@rule("grad.clipped_always")
+def grad_clipped_always(run: Run) -> Finding | None:
+    total = run.series("grad_norm/total")
+    if total is None or len(total) < 20:
+        return None
+    norms = finite(total.trace()[1])
+    if len(norms) < 20:
+        return None
+    cap = float(np.median(norms))
+    pinned = np.abs(norms - cap) <= PINNED * cap
+    share = float(pinned.mean())
+    if cap > 0 and share >= PINNED_SHARE:
+        return Finding.make("grad.clipped_always",
+                            f"The gradient norm sits exactly at {cap:.3g} on {share:.0%} of steps: clipping fires "
+                            f"almost every step.",
+                            evidence={"clip_norm": cap, "clipped_share": share})
+    return None

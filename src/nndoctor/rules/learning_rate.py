@@ -1,0 +1,100 @@
+"""Learning-rate rules: too high (divergence, or steps as large as the weights), too low
+(updates far below the 1e-3 rule of thumb while the loss barely moves)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..findings import Finding
+from . import Run, rule
+from .curves import finite, relative_drop, smooth, start_level, trend
+
+DIVERGE_FACTOR = 4.0   # smoothed loss 4x its start and 4x its best: the LR range test's stop rule (fastai, Lightning)
+HUGE_UPDATE = 0.1      # ||Δw||/||w|| of 0.1 per step: 100x the healthy 1e-3; the weights are rewritten every few steps
+TINY_UPDATE = 1e-4     # 10x below the healthy 1e-3 (CS231n) for the most-moved layer
+
+
+def top_update_ratio(run: Run) -> tuple[float, str] | None:
+    """Median over sampled steps of the largest per-layer update/weight ratio, and that layer."""
+    per_layer = {}
+    for name in run.history.names("update_ratio/"):
+        v = finite(run.history[name].trace()[1])
+        if len(v) >= 3 and run.numel(name.split("/", 1)[1]) > 1:
+            per_layer[name.split("/", 1)[1]] = float(np.median(v))
+    if not per_layer:
+        return None
+    layer = max(per_layer, key=per_layer.get)
+    return per_layer[layer], layer
+
+
+def divergence(run: Run) -> tuple[int, str, dict] | None:
+    """(step, how, evidence) where the loss ran away from its start, or None."""
+    steps, values = run.loss()
+    if len(values) < 3:
+        return None
+    start = start_level(values[: max(3, len(values) // 10)])
+    if not np.isfinite(start):
+        return None
+    ok = np.isfinite(values)
+    level = smooth(np.where(ok, values, np.nanmax(np.where(ok, values, np.nan)) if ok.any() else 0.0), 5)
+    best = np.minimum.accumulate(np.where(ok, level, np.inf))
+    runaway = ok & (level > DIVERGE_FACTOR * abs(start)) & (level > DIVERGE_FACTOR * best)
+    if runaway.any():
+        i = int(np.argmax(runaway))
+        return int(steps[i]), "grew", {"start_loss": start, "loss_at_detection": float(values[i])}
+    if not ok.all():
+        first_bad = int(np.argmax(~ok))
+        before = values[max(0, first_bad - 5):first_bad]
+        if first_bad and len(before) and np.max(before) > 1.5 * abs(start):
+            return int(steps[first_bad]), "grew then became non-finite", {
+                "start_loss": start, "last_finite_loss": float(before[-1])}
+        ratio = top_update_ratio(run)
+        if ratio and ratio[0] > 1.0:  # each step rewrote the weights entirely before the NaN
+            return int(steps[first_bad]), "became non-finite after steps larger than the weights", {
+                "start_loss": start, "update_ratio": ratio[0]}
+    return None
+
+
+@rule("lr.too_high")
+def lr_too_high(run: Run) -> Finding | None:
+    lr = _lr(run)
+    found = divergence(run)
+    if found:
+        step, how, evidence = found
+        return Finding.make("lr.too_high",
+                            f"The loss {how} at step {step} (from {evidence['start_loss']:.3g}): "
+                            f"the learning rate {lr} is too high for this setup.",
+                            evidence={**evidence, "lr": lr}, step=step)
+    ratio = top_update_ratio(run)
+    _, values = run.loss()
+    if ratio and ratio[0] > HUGE_UPDATE and len(values) >= 10 and run.loss_is_poor(values):
+        return Finding.make("lr.too_high",
+                            f"Each step changes the weights of {ratio[1]} by {ratio[0]:.2g} of their norm "
+                            f"(healthy is about 1e-3) and the loss does not improve: the learning rate {lr} is too high.",
+                            evidence={"update_ratio": ratio[0], "layer": ratio[1], "lr": lr,
+                                      "loss_drop": relative_drop(values)}, where=ratio[1])
+    return None
+
+
+@rule("lr.too_low")
+def lr_too_low(run: Run) -> Finding | None:
+    steps, values = run.loss()
+    ratio = top_update_ratio(run)
+    if ratio is None or len(finite(values)) < 20 or not np.isfinite(values).all():
+        return None
+    top, layer = ratio
+    drop = relative_drop(values)
+    slope, r2 = trend(smooth(values))
+    steady = slope < 0 and r2 > 0.8   # still falling in a straight line: not converged, just slow
+    if drop < 0.5 and (top < TINY_UPDATE or (top < 1e-3 and steady and drop < 0.2)):
+        lr = _lr(run)
+        return Finding.make("lr.too_low",
+                            f"The largest update is {top:.2g} of the weights per step (healthy is about 1e-3) and "
+                            f"the loss fell only {max(drop, 0):.1%}: the learning rate {lr} is too low.",
+                            evidence={"top_update_ratio": top, "layer": layer, "loss_drop": drop,
+                                      "trend_r2": r2, "lr": lr})
+    return None
+
+
+def _lr(run: Run) -> float | None:
+    s = run.series("lr")
+    return s.latest if s else None

@@ -1,0 +1,104 @@
+"""Loss-trace rules: non-finite loss, plateau, oscillation, late fluctuation."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..findings import Finding
+from . import Run, rule
+from .curves import end_level, finite, relative_drop, smooth, start_level, still_falling, tail, trend
+
+MIN_STEPS = 30        # fewer logged losses than this: no verdict on the shape of the curve
+PLATEAU_DROP = 0.05   # less than 5% below the start after the whole run: no learning
+OSCILLATION_GAP = 1.5  # the second half sits 1.5x above the best smoothed level already reached
+FLUCTUATION_NOISE = 0.1  # late noise of 10% of the level: a smaller step would remove most of it
+
+
+@rule("loss.nonfinite")
+def loss_nonfinite(run: Run) -> Finding | None:
+    steps, values = run.loss()
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return None
+    i = int(np.argmax(bad))
+    origin = run.origin or {}
+    evidence = {"first_step": int(steps[i]), "nonfinite_losses": int(bad.sum()),
+                "last_finite": [float(v) for v in finite(values[:i])[-3:]]}
+    where = None
+    message = f"The loss became {values[i]} at step {int(steps[i])}"
+    if origin:
+        evidence["origin"] = origin
+        where = origin["module"]
+        if origin["module"] == "<input>":
+            message += f"; the model's input already held NaN/Inf at step {origin['step']}."
+        elif origin.get("bad_parameters"):
+            message += (f"; the first non-finite output came from `{where}`, whose parameters "
+                        f"{origin['bad_parameters']} had become non-finite (a runaway update).")
+        else:
+            message += f"; the first non-finite value was produced by `{where}` at step {origin['step']}."
+    else:
+        message += "."
+    return Finding.make("loss.nonfinite", message, evidence=evidence, where=where, step=int(steps[i]))
+
+
+@rule("loss.plateau")
+def loss_plateau(run: Run) -> Finding | None:
+    steps, values = run.loss()
+    v = finite(values)
+    if len(v) < MIN_STEPS or len(v) < len(values) or run.progress < 0.3:
+        return None
+    drop = relative_drop(v)
+    if drop < PLATEAU_DROP and not still_falling(v) and run.loss_is_poor(v):
+        grad = run.series("grad_norm/total")
+        evidence = {"start_loss": start_level(v), "end_loss": end_level(v), "loss_drop": drop}
+        if run.baseline:
+            evidence["baseline_loss"] = run.baseline
+        if grad:
+            evidence["median_grad_norm"] = float(np.median(finite(grad.trace()[1]))) if len(finite(grad.trace()[1])) else None
+        return Finding.make("loss.plateau",
+                            f"The loss stayed at {end_level(v):.3g} (started at {start_level(v):.3g}, "
+                            f"{max(drop, 0):.1%} lower) for {int(steps[-1]) + 1} steps.",
+                            evidence=evidence)
+    return None
+
+
+@rule("loss.oscillation")
+def loss_oscillation(run: Run) -> Finding | None:
+    _, values = run.loss()
+    v = finite(values)
+    if len(v) < MIN_STEPS or len(v) < len(values):
+        return None
+    level = smooth(v, max(5, len(v) // 20))
+    best = float(level.min())
+    second = tail(level, 0.5)
+    rising_share = float(np.mean(np.diff(second) > 0))
+    slope, _ = trend(second)
+    swings = 0.25 < rising_share < 0.75          # goes up and down, not steadily one way
+    far_from_best = np.median(second) > OSCILLATION_GAP * max(best, 1e-12)
+    if swings and far_from_best and slope > -1e-3 and run.loss_is_poor(v):
+        amplitude = float((np.percentile(second, 90) - np.percentile(second, 10)) / max(np.median(second), 1e-12))
+        return Finding.make("loss.oscillation",
+                            f"In the second half the loss swings by {amplitude:.0%} of its level and sits "
+                            f"{np.median(second) / max(best, 1e-12):.1f}x above the best it reached ({best:.3g}).",
+                            evidence={"amplitude": amplitude, "best_loss": best,
+                                      "median_late_loss": float(np.median(second)), "rising_share": rising_share})
+    return None
+
+
+@rule("loss.fluctuation")
+def loss_fluctuation(run: Run) -> Finding | None:
+    _, values = run.loss()
+    v = finite(values)
+    if len(v) < 3 * MIN_STEPS or len(v) < len(values) or run.progress < 0.9:
+        return None
+    late = tail(v, 0.3)
+    slope, r2 = trend(late)
+    level = float(np.median(late))
+    noise = float(np.median(np.abs(late - smooth(late, max(5, len(late) // 5))))) / max(level, 1e-12)
+    lr = run.series("lr")
+    constant_lr = lr is None or np.ptp(lr.trace()[1]) <= 1e-12 * max(abs(lr.latest or 0), 1e-12)
+    if abs(slope) * len(late) < 0.05 and noise > FLUCTUATION_NOISE and constant_lr:
+        return Finding.make("loss.fluctuation",
+                            f"Over the last 30% of steps the loss is flat at {level:.3g} with noise of "
+                            f"{noise:.0%} of its level and a constant learning rate.",
+                            evidence={"late_level": level, "relative_noise": noise})
+    return None

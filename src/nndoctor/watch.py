@@ -1,0 +1,296 @@
+"""The watcher: attaches the collectors, owns the history, runs the rules.
+
+    with nndoctor.watch(model, optimizer) as doctor:
+        ...; doctor.log(loss=loss)
+    report = doctor.report()
+
+Only hooks are used (forward hooks, optimizer step pre/post hooks, a tensor hook on the
+output layer's parameters); none of them changes a value the training computes. Collectors
+write to device buffers; every `flush_every` steps one transfer moves them to the CPU
+history and the rules run, so a diverging run is named within tens of steps. Any exception
+in the doctor's own code is reported once as a warning and switches watching off; the
+user's training goes on.
+"""
+from __future__ import annotations
+
+import functools
+import time
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+from .collect.activations import ActivationCollector
+from .collect.buffer import StepBuffer
+from .collect.gradients import GradientCollector
+from .collect.loop import LoopCollector
+from .collect.nonfinite import NonFiniteSentinel
+from .collect.recurrent import sensitivity_through_time
+from .collect.updates import UpdateCollector
+from .findings import Finding, Report
+from .history import History
+from .rules import Run, judge
+
+
+def guarded(method):
+    """Run a doctor method; on our own exception, warn once and stop watching."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        if not self.active:
+            return None
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:  # our bug must never stop the user's training
+            self.active = False
+            self.failure = f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"nndoctor stopped watching after an internal error ({self.failure}); "
+                          "training continues unaffected.", RuntimeWarning, stacklevel=2)
+            return None
+    return wrapper
+
+
+class Doctor:
+    """Watches one model (and optionally its optimizer) while it trains."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
+                 sample_every: int = 10, flush_every: int = 20, planned_steps: int | None = None):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"watch() needs a torch.nn.Module, not {type(model).__name__}")
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, not {type(optimizer).__name__}")
+        self.model = model
+        self.optimizer = optimizer
+        self.sample_every = max(1, int(sample_every))
+        self.flush_every = max(1, int(flush_every))
+        self.planned_steps = planned_steps
+        self.active = True
+        self.failure: str | None = None
+        self.step = 0
+        self.history = History()
+        self.notes: list[str] = []
+        self.targets: dict | None = None
+        self.extra: dict = {}               # evidence measured outside the hooks (diagnose's probes)
+        self.findings: list[Finding] = []   # live: the verdict as of the last flush
+        self._first_seen: dict[str, int] = {}
+        self._logged: dict[str, int] = {}
+        self._scalars = StepBuffer()
+        self._handles: list = []
+        self._started = time.perf_counter()
+
+        self.module_names = {m: (n or type(model).__name__) for n, m in model.named_modules()}
+        in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]} if optimizer else None
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.params = [(n, p) for n, p in named if in_optimizer is None or id(p) in in_optimizer]
+        self.not_in_optimizer = [n for n, p in named if in_optimizer is not None and id(p) not in in_optimizer]
+        self.grads = GradientCollector(self.params)
+        self.updates = UpdateCollector(self.params)
+        self.activations = ActivationCollector(model, self.module_names)
+        self.sentinel = NonFiniteSentinel(model, self.module_names)
+        self.loop = LoopCollector(self.params, model)
+        if self.updates.skipped:
+            self.notes.append(f"update/weight ratio not sampled for {len(self.updates.skipped)} parameters "
+                              "beyond the copy budget")
+
+    # ---- lifecycle ------------------------------------------------------------------
+    def __enter__(self) -> "Doctor":
+        self.attach()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
+
+    def attach(self) -> None:
+        h = self._handles
+        if self.optimizer is not None:
+            h.append(self.optimizer.register_step_pre_hook(self._before_step))
+            h.append(self.optimizer.register_step_post_hook(self._after_step))
+        h.append(self.model.register_forward_pre_hook(self._guard_hook(self.sentinel.on_input)))
+        for module, hook in [*self.activations.modules(), *self.sentinel.modules()]:
+            h.append(module.register_forward_hook(self._guard_hook(hook)))
+        for p in self.loop.watched:
+            h.append(p.register_hook(self._guard_hook(self.loop.tensor_hook(p))))
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        if self.active:
+            self.flush()
+
+    def _guard_hook(self, fn):
+        """Hooks go through the same guard as methods; they always return None."""
+        @functools.wraps(fn)
+        def hook(*args):
+            if self.active:
+                self._call(fn, *args)
+        return hook
+
+    @guarded
+    def _call(self, fn, *args):
+        fn(*args)
+
+    # ---- what the user calls ----------------------------------------------------------
+    @guarded
+    def log(self, **values) -> None:
+        """Record scalars: `loss` (train, per step) and anything else (`val_loss`, ...).
+        Tensors stay on their device until the next flush: no sync per call."""
+        for name, value in values.items():
+            if value is None:
+                continue
+            index = self._logged.get(name, 0)
+            self._logged[name] = index + 1
+            if name == "loss" and self.optimizer is None:
+                index = self.step
+                self._step_without_optimizer()
+            elif name != "loss":
+                index = self.step  # validation and extras are placed on the training clock
+            tensor = value.detach().reshape(()) if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+            self._scalars.append(index, (name,), tensor)
+
+    def observe_targets(self, target: torch.Tensor) -> None:
+        """What the labels look like (for output.collapsed); used by diagnose, once."""
+        if self.targets is not None or not isinstance(target, torch.Tensor):
+            return
+        t = target.detach().cpu()
+        if t.dtype in (torch.int64, torch.int32) and t.dim() == 1 and t.numel() and t.min() >= 0:
+            counts = torch.bincount(t)
+            self.targets = {"kind": "classes", "classes": int(counts.numel()),
+                            "top_share": float(counts.max()) / t.numel()}
+        elif t.is_floating_point() and t.numel() > 1:
+            self.targets = {"kind": "values", "std": float(t.float().std())}
+
+    def diverged(self, last: int = 10) -> bool:
+        """The last `last` logged losses (as of the last flush) are all NaN/Inf."""
+        s = self.history.get("loss")
+        if s is None or len(s) < last:
+            return False
+        return not np.isfinite(s.last(last)).any()
+
+    def report(self) -> Report:
+        """The verdict so far (also valid while training goes on)."""
+        self.flush()
+        findings = self._judge(final=True)
+        notes = list(self.notes)
+        if self.failure:
+            notes.append(f"watching stopped early after an internal error: {self.failure}")
+        meta = {"steps": self.step, "losses_logged": self._logged.get("loss", 0),
+                "model": type(self.model).__name__,
+                "parameters": int(sum(p.numel() for _, p in self.params)),
+                "optimizer": type(self.optimizer).__name__ if self.optimizer else None,
+                "watch_seconds": round(time.perf_counter() - self._started, 3),
+                "sample_every": self.sample_every, "flush_every": self.flush_every}
+        return Report(findings=findings, meta=meta, notes=notes, series=self._series())
+
+    # ---- optimizer hooks -------------------------------------------------------------
+    @guarded
+    def _before_step(self, optimizer, args, kwargs) -> None:
+        step = self.step
+        sampled = step % self.sample_every == 0
+        self.sentinel.end_step(step)
+        self.grads.on_step(step, sampled)
+        self.loop.on_step(step)
+        if sampled:
+            self.updates.before_step(step)
+            self.history["lr"].add(step, float(optimizer.param_groups[0]["lr"]))
+
+    @guarded
+    def _after_step(self, optimizer, args, kwargs) -> None:
+        self.updates.after_step()
+        self.loop.after_step(self.step)
+        self._advance()
+
+    def _step_without_optimizer(self) -> None:
+        self.sentinel.end_step(self.step)
+        self.grads.on_step(self.step, self.step % self.sample_every == 0)
+        self.loop.on_step(self.step)
+        self._advance()
+
+    def _advance(self) -> None:
+        self.step += 1
+        self.activations.sampling = self.step % self.sample_every == 0
+        self.activations._step = self.step
+        if self.step % self.flush_every == 0:
+            self.flush()
+            self.findings = self._judge(final=False)
+
+    # ---- flush: device buffers -> history ---------------------------------------------
+    @guarded
+    def flush(self) -> None:
+        h = self.history
+        for (name,), steps, values in self._scalars.flush():
+            h[name].extend(steps, values[:, 0])
+        names = [n for n, _ in self.params]
+        for idx, steps, values in self.grads.norms.flush():
+            for col, i in enumerate(idx):
+                h["grad_norm/" + names[i]].extend(steps, values[:, col])
+            h["grad_norm/total"].extend(steps, (values ** 2).sum(1) ** 0.5)
+        for idx, steps, values in self.grads.dead_rows.flush():
+            for col, i in enumerate(idx):
+                h["dead_rows/" + names[i]].extend(steps, values[:, col])
+        for idx, steps, values in self.updates.ratios.flush():
+            for col, i in enumerate(idx):
+                h["update_ratio/" + names[i]].extend(steps, values[:, col])
+        for idx, steps, values in self.updates.weight_norms.flush():
+            for col, i in enumerate(idx):
+                h["weight_norm/" + names[i]].extend(steps, values[:, col])
+        for prefix, buffer in (("dead/", self.activations.dead), ("saturated/", self.activations.saturated),
+                               ("positive/", self.activations.positive), ("output/", self.activations.output),
+                               ("stale/", self.loop.stale)):
+            for keys, steps, values in buffer.flush():
+                for col, key in enumerate(keys):
+                    h[prefix + key].extend(steps, values[:, col])
+        had_origin = self.sentinel.origin is not None
+        self.sentinel.flush()
+        if self.sentinel.origin is not None and not had_origin:
+            self._explain_origin(self.sentinel.origin)
+
+    def _explain_origin(self, origin: dict) -> None:
+        """Say whether the first module's own parameters were already non-finite."""
+        module = next((m for m, n in self.module_names.items() if n == origin["module"]), None)
+        if module is not None:
+            bad = [n for n, p in module.named_parameters(recurse=False) if not torch.isfinite(p.detach()).all()]
+            origin["bad_parameters"] = bad
+
+    # ---- judge -------------------------------------------------------------------------
+    def _judge(self, final: bool) -> list[Finding]:
+        run = Run(history=self.history, step=self.step, planned_steps=self.planned_steps, final=final,
+                  model=self.model, optimizer=self.optimizer, params=self.params,
+                  module_names=self.module_names, kinds=self.activations.kinds,
+                  last_activation=self.activations.last_activation,
+                  origin=self.sentinel.origin, order=self.sentinel.order, none_counts=self.grads.none_counts,
+                  sampled=self.grads.sampled, not_in_optimizer=self.not_in_optimizer,
+                  loop_steps=self.loop.steps, eval_steps=self.loop.eval_steps,
+                  targets=self.targets, extra=self.extra, rnn_sensitivity=self._probe_rnns() if final else {})
+        findings, notes = judge(run)
+        for f in findings:
+            self._first_seen.setdefault(f.code, f.step if f.step is not None else self.step)
+            f.step = min(self._first_seen[f.code], f.step) if f.step is not None else self._first_seen[f.code]
+        if final:
+            self.notes = [n for n in self.notes if not n.startswith("rule ")] + notes
+        return findings
+
+    def _probe_rnns(self) -> dict[str, list[float]]:
+        out, was_active = {}, self.active
+        self.active = False  # the probe's own forward pass must not be recorded
+        modules = {n: m for m, n in self.module_names.items()}
+        for name, x in self.activations.rnn_inputs.items():
+            try:
+                profile = sensitivity_through_time(modules[name], x)
+            except Exception as exc:  # an exotic RNN: skip it and say so
+                self.notes.append(f"through-time gradient probe skipped for {name}: {type(exc).__name__}")
+                continue
+            if profile:
+                out[name] = profile
+        self.active = was_active
+        return out
+
+    def _series(self) -> dict:
+        keep = ("loss", "val_loss", "lr", "grad_norm/", "update_ratio/", "dead/", "saturated/", "output/")
+        return {name: s.downsample() for name, s in self.history.series.items()
+                if len(s) and any(name == k or (k.endswith("/") and name.startswith(k)) for k in keep)}
+
+
+def watch(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, **options) -> Doctor:
+    """Watch `model` (and `optimizer`) in the user's own loop; see `Doctor`."""
+    return Doctor(model, optimizer, **options)
