@@ -42,12 +42,12 @@ def guarded(method):
         try:
             return method(self, *args, **kwargs)
         except Exception as exc:  # our bug must never stop the user's training
-            self.active = False
-            self.failure = f"{type(exc).__name__}: {exc}"
-            warnings.warn(f"nndoctor stopped watching after an internal error ({self.failure}); "
-                          "training continues unaffected.", RuntimeWarning, stacklevel=2)
+            self._fail(exc)
             return None
     return wrapper
+
+
+JUDGE_SHARE = 0.01  # the rules run at a flush only while they have cost under 1% of the watched time
 
 
 class Doctor:
@@ -77,6 +77,7 @@ class Doctor:
         self._scalars = StepBuffer()
         self._handles: list = []
         self._started = time.perf_counter()
+        self._judge_seconds = 0.0
 
         self.module_names = {m: (n or type(model).__name__) for n, m in model.named_modules()}
         in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]} if optimizer else None
@@ -88,9 +89,6 @@ class Doctor:
         self.activations = ActivationCollector(model, self.module_names)
         self.sentinel = NonFiniteSentinel(model, self.module_names)
         self.loop = LoopCollector(self.params, model)
-        if self.updates.skipped:
-            self.notes.append(f"update/weight ratio not sampled for {len(self.updates.skipped)} parameters "
-                              "beyond the copy budget")
 
     # ---- lifecycle ------------------------------------------------------------------
     def __enter__(self) -> "Doctor":
@@ -105,11 +103,14 @@ class Doctor:
         if self.optimizer is not None:
             h.append(self.optimizer.register_step_pre_hook(self._before_step))
             h.append(self.optimizer.register_step_post_hook(self._after_step))
-        h.append(self.model.register_forward_pre_hook(self._guard_hook(self.sentinel.on_input)))
+        h.append(self.model.register_forward_pre_hook(self._guard_hook([self.sentinel.on_input])))
+        per_module: dict[nn.Module, list] = {}
         for module, hook in [*self.activations.modules(), *self.sentinel.modules()]:
-            h.append(module.register_forward_hook(self._guard_hook(hook)))
+            per_module.setdefault(module, []).append(hook)
+        for module, hooks in per_module.items():  # one Python call per module and pass
+            h.append(module.register_forward_hook(self._guard_hook(hooks)))
         for p in self.loop.watched:
-            h.append(p.register_hook(self._guard_hook(self.loop.tensor_hook(p))))
+            h.append(p.register_hook(self._guard_hook([self.loop.tensor_hook(p)])))
 
     def detach(self) -> None:
         for handle in self._handles:
@@ -118,17 +119,22 @@ class Doctor:
         if self.active:
             self.flush()
 
-    def _guard_hook(self, fn):
-        """Hooks go through the same guard as methods; they always return None."""
-        @functools.wraps(fn)
+    def _guard_hook(self, fns: list):
+        """A hook that runs `fns` under the guard and always returns None (changes nothing)."""
         def hook(*args):
             if self.active:
-                self._call(fn, *args)
+                try:
+                    for fn in fns:
+                        fn(*args)
+                except Exception as exc:  # our bug must never stop the user's training
+                    self._fail(exc)
         return hook
 
-    @guarded
-    def _call(self, fn, *args):
-        fn(*args)
+    def _fail(self, exc: Exception) -> None:
+        self.active = False
+        self.failure = f"{type(exc).__name__}: {exc}"
+        warnings.warn(f"nndoctor stopped watching after an internal error ({self.failure}); "
+                      "training continues unaffected.", RuntimeWarning, stacklevel=3)
 
     # ---- what the user calls ----------------------------------------------------------
     @guarded
@@ -212,7 +218,11 @@ class Doctor:
         self.activations._step = self.step
         if self.step % self.flush_every == 0:
             self.flush()
-            self.findings = self._judge(final=False)
+            elapsed = time.perf_counter() - self._started
+            if self._judge_seconds <= JUDGE_SHARE * elapsed or self.step == self.flush_every:
+                began = time.perf_counter()
+                self.findings = self._judge(final=False)
+                self._judge_seconds += time.perf_counter() - began
 
     # ---- flush: device buffers -> history ---------------------------------------------
     @guarded

@@ -1,0 +1,81 @@
+"""Overhead of watching: plain loop vs `nndoctor.watch` in the same process.
+
+Repetitions are interleaved (plain, default, full, plain, ...) so machine noise hits all
+variants alike; the ratio is of medians. CPU, 1 thread, batch 128.
+
+    python benchmarks/overhead.py [--steps 60] [--repeats 7]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+import nndoctor
+
+
+def mlp():
+    return nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+
+
+def cnn():
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(32 * 7 * 7, 10))
+
+
+NETS = {"mlp 784-512-512-10": (mlp, (784,)), "cnn 2conv+fc, 28x28": (cnn, (1, 28, 28))}
+VARIANTS = {"plain": None, "watch (default)": {}, "watch (every step)": {"sample_every": 1, "flush_every": 1}}
+
+
+def time_steps(build, shape, steps: int, options) -> float:
+    torch.manual_seed(0)
+    model = build()
+    opt = torch.optim.SGD(model.parameters(), 0.01, momentum=0.9)
+    x = torch.randn(128, *shape)
+    y = torch.randint(0, 10, (128,))
+    loss_fn = nn.CrossEntropyLoss()
+
+    def loop(doctor=None):
+        for _ in range(steps):
+            loss = loss_fn(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if doctor is not None:
+                doctor.log(loss=loss)
+
+    loop()  # warm-up outside the timing
+    start = time.perf_counter()
+    if options is None:
+        loop()
+    else:
+        with nndoctor.watch(model, opt, **options) as doctor:
+            loop(doctor)
+        doctor.report()
+    return (time.perf_counter() - start) / steps * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(f"torch {torch.__version__}, 1 thread, batch 128, {args.steps} steps x {args.repeats} interleaved repeats")
+    for net, (build, shape) in NETS.items():
+        times = {v: [] for v in VARIANTS}
+        for _ in range(args.repeats):
+            for variant, options in VARIANTS.items():
+                times[variant].append(time_steps(build, shape, args.steps, options))
+        plain = statistics.median(times["plain"])
+        for variant in VARIANTS:
+            ms = statistics.median(times[variant])
+            print(f"{net:22s} {variant:20s} {ms:8.2f} ms/step  {ms / plain:5.3f}x plain")
+
+
+if __name__ == "__main__":
+    main()
