@@ -2,9 +2,10 @@
 
 collect (hooks) -> record (history) -> judge (rules) -> show (report) -> repair.
 """
+from .preflight import checkup
 from .diagnose import diagnose
 from .findings import Finding, Report
 from .watch import Doctor, watch
 
-__all__ = ["diagnose", "watch", "Doctor", "Finding", "Report"]
+__all__ = ["checkup", "diagnose", "watch", "Doctor", "Finding", "Report"]
 __version__ = "0.1.0"

@@ -14,6 +14,7 @@ from torch import nn
 
 from .data import as_loader, check_data, sample
 from .findings import Finding, Report
+from .preflight import run_checks
 from .rules import fold
 from .watch import Doctor
 
@@ -31,7 +32,7 @@ def diagnose(model, train_data, loss_fn=None, optimizer=None, val_data=None, ste
     loader = as_loader(train_data, batch_size, shuffle=True, seed=seed)
     val_loader = as_loader(val_data, batch_size or 256, shuffle=False) if val_data is not None else None
     steps = int(steps) if steps else _default_steps(loader)
-    pre_findings, notes, meta = preflight(model, train_data, loss_fn, val_data, batch_size)
+    pre_findings, notes, meta = run_checks(model, train_data, loss_fn, val_data, batch_size)
     targets = describe_targets(train_data, loss_fn)
     devices = [d for d in {p.device for p in model.parameters()} if d.type == "cuda"]
     doctor = Doctor(model, optimizer, sample_every=max(1, min(10, steps // 100)), flush_every=20,
@@ -79,15 +80,6 @@ def _default_steps(loader) -> int:
     except TypeError:
         return MIN_STEPS
     return max(MIN_STEPS, min(MAX_STEPS, DEFAULT_EPOCHS * per_epoch))
-
-
-def preflight(model, train_data, loss_fn, val_data, batch_size) -> tuple[list[Finding], list[str], dict]:
-    """The pre-training examination (nndoctor.checkup), as (findings, notes, meta)."""
-    try:
-        from .checkup import run_checks
-    except ImportError:
-        return [], [], {}
-    return run_checks(model, train_data, loss_fn, val_data, batch_size)
 
 
 def _split(batch, device):

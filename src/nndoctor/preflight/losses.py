@@ -1,0 +1,52 @@
+"""What kind of loss the user gave, and running it without letting it raise."""
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CLASSIFICATION = {"cross_entropy", "nll"}
+BINARY = {"bce", "bce_logits"}
+REGRESSION = {"mse", "l1", "huber"}
+
+_MODULES = [(nn.CrossEntropyLoss, "cross_entropy"), (nn.NLLLoss, "nll"), (nn.BCELoss, "bce"),
+            (nn.BCEWithLogitsLoss, "bce_logits"), (nn.MSELoss, "mse"), (nn.L1Loss, "l1"),
+            (nn.SmoothL1Loss, "huber"), (nn.HuberLoss, "huber")]
+_FUNCTIONS = {F.cross_entropy: "cross_entropy", F.nll_loss: "nll", F.binary_cross_entropy: "bce",
+              F.binary_cross_entropy_with_logits: "bce_logits", F.mse_loss: "mse", F.l1_loss: "l1",
+              F.smooth_l1_loss: "huber", F.huber_loss: "huber"}
+
+
+def loss_kind(loss_fn) -> str:
+    """'cross_entropy', 'nll', 'bce', 'bce_logits', 'mse', 'l1', 'huber' or 'unknown'."""
+    for cls, kind in _MODULES:
+        if isinstance(loss_fn, cls):
+            return kind
+    return _FUNCTIONS.get(loss_fn, "unknown")
+
+
+def default_loss(y: torch.Tensor) -> tuple[nn.Module, str]:
+    """The loss a user would most likely pair with these targets when none is given."""
+    if not y.is_floating_point():
+        return nn.CrossEntropyLoss(), "cross_entropy"
+    return nn.MSELoss(), "mse"
+
+
+def run_loss(loss_fn, out: torch.Tensor, y: torch.Tensor):
+    """(loss tensor or None, the exception or None). Its warnings (a broadcast) are findings, not noise."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            value = loss_fn(out, y)
+            error = None
+        except Exception as exc:  # a broken setup is a finding, never a crash
+            value, error = None, exc
+    if value is not None and (not isinstance(value, torch.Tensor) or value.numel() != 1):
+        value, error = None, ValueError("the loss did not return a scalar tensor")
+    return value, error
+
+
+def ignore_index(loss_fn) -> int | None:
+    return getattr(loss_fn, "ignore_index", -100 if loss_kind(loss_fn) in CLASSIFICATION else None)

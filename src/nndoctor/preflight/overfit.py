@@ -1,0 +1,168 @@
+"""Can it learn at all? Two brief fits, each on a fresh deep copy (the user's model is never trained).
+
+Both start from the copy that the structure trace ran (so lazy layers are initialized).
+
+1. Overfit one small batch (Karpathy's recipe): 16 rows, up to 200 Adam steps. Any working
+   model and loss drive the loss below a fifth of what the best constant guess scores. One that
+   cannot is broken. Reported as `fit.underfitting` at severity `error` with `step=None` (it is
+   the pre-training form of "cannot fit even the training set"); the evidence lists the other
+   findings that explain it (`explained_by`) and the finding is folded under the first of them.
+2. `data.no_signal`: only once (1) shows the model can learn and no model or loss finding could
+   explain poor generalization instead (a saturated net generalizes badly from any data). Fit ~40 full-batch steps on up to
+   256 rows with the real inputs and, from the same init, with the inputs zeroed; compare the loss
+   on up to 256 held-out rows. Real inputs that do no better than zeros carry no signal.
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from copy import deepcopy
+
+import torch
+
+from ..findings import Finding
+from .case import Case, class_labels
+from .losses import BINARY, run_loss
+from .structure import first_tensor
+
+LR = 3e-3             # Adam: fast enough for a few dozen steps, stable for MLPs, CNNs, RNNs, transformers
+OVERFIT_ROWS, OVERFIT_STEPS = 16, 200
+FITTED = 0.2          # overfit: at most a fifth of the constant guess's loss left (healthy nets reach it in ~20-40 steps)
+SIGNAL_ROWS, SIGNAL_STEPS = 512, 40
+TIME_BUDGET = 5.0     # seconds per fit
+# the explanations a failed overfit test looks for, most direct first
+EXPLAINERS = ["data.nonfinite", "data.labels_out_of_range", "output.activation_mismatch", "loss.shape_mismatch",
+              "init.symmetric", "init.scale_mismatch", "arch.bottleneck", "arch.too_deep", "data.not_normalized",
+              "data.target_scale", "loss.init_mismatch"]
+
+
+def constant_guess(kind: str, y: torch.Tensor, out: torch.Tensor) -> torch.Tensor | None:
+    """The best input-independent output for this loss: the class prior (as logits, probabilities
+    or log-probabilities), the target mean (MSE) or median (L1, Huber)."""
+    if kind in ("cross_entropy", "nll") and not y.is_floating_point() and out.dim() >= 2:
+        labels = y[(y >= 0) & (y < out.shape[1])]
+        prior = torch.bincount(labels.flatten(), minlength=out.shape[1]).double() + 1e-3
+        guess = (prior / prior.sum()).log().to(out.dtype)
+        return guess.view(1, -1, *[1] * (out.dim() - 2)).expand_as(out)
+    if y.shape != out.shape or not y.is_floating_point():
+        return None
+    if kind in BINARY:
+        p = y.mean(0, keepdim=True).clamp(1e-3, 1 - 1e-3)
+        return (p if kind == "bce" else (p / (1 - p)).log()).expand_as(out)
+    if kind == "mse":
+        return y.mean(0, keepdim=True).expand_as(out)
+    if kind in ("l1", "huber"):
+        return y.median(0, keepdim=True).values.expand_as(out)
+    return None
+
+
+class OutOfTime(Exception):
+    """A probe hit its time budget (a large model): no verdict rather than a slow checkup."""
+
+
+def fit(model, x, y, loss_fn, steps: int, stop_below: float = -math.inf) -> list[float]:
+    """Train `model` (a copy) full-batch with Adam; the losses, stopping early below `stop_below`."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        return []
+    optimizer = torch.optim.Adam(params, lr=LR)
+    losses = []
+    deadline = time.perf_counter() + TIME_BUDGET
+    for t in range(1, steps + 1):
+        if time.perf_counter() > deadline:
+            raise OutOfTime(f"{t - 1} of {steps} steps in {TIME_BUDGET:g} s")
+        with warnings.catch_warnings():  # the loss's broadcast warning is already a finding
+            warnings.simplefilter("ignore")
+            loss = loss_fn(first_tensor(model(x)), y)
+        losses.append(float(loss.detach()))
+        if not math.isfinite(losses[-1]) or losses[-1] < stop_below:
+            break
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return losses
+
+
+def _diverse_rows(c: Case, n: int) -> torch.Tensor:
+    """n row indices covering as many classes as possible (round-robin), else the first n."""
+    labels = class_labels(c.y, c.kind)
+    if labels is None:
+        return torch.arange(min(n, len(c.y)))
+    by_class = [torch.nonzero(labels == k).flatten() for k in torch.unique(labels)]
+    order = [idx[i] for i in range(max(len(b) for b in by_class)) for idx in by_class if i < len(idx)]
+    return torch.stack(order[:n])
+
+
+def check_overfit_batch(c: Case) -> tuple[Finding | None, bool]:
+    """(finding, learned): can a copy of the model drive the loss on 16 rows to a tenth of a constant guess?"""
+    rows = _diverse_rows(c, OVERFIT_ROWS)
+    x, y = c.X[rows], c.y[rows]
+    model = deepcopy(c.probe)
+    with torch.no_grad():
+        out = first_tensor(model(x))
+        guess = constant_guess(c.kind, y, out)
+        start, _ = run_loss(c.loss_fn, out, y)
+    baseline = run_loss(c.loss_fn, guess, y)[0] if guess is not None else None
+    reference = baseline if baseline is not None else start  # an unknown loss is judged against its own start
+    if reference is None or not float(reference) > 1e-8:
+        return None, False
+    reference = float(reference)
+    losses = fit(model, x, y, c.loss_fn, OVERFIT_STEPS, stop_below=FITTED * reference)
+    if not losses:
+        c.notes.append("The overfit test was skipped: the model has no trainable parameters.")
+        return None, False
+    best = min((v for v in losses if math.isfinite(v)), default=math.inf)
+    c.meta["overfit_batch"] = {"rows": len(rows), "steps": len(losses), "initial_loss": losses[0], "best_loss": best,
+                               "constant_guess_loss": reference}
+    if best < FITTED * reference:
+        return None, True
+    explained = [code for code in EXPLAINERS if c.has(code)]
+    reason = f"explained by {', '.join(explained)}" if explained else \
+        "no other check explains it: look in forward() for a `.detach()`, `.data`, argmax or rounding that cuts the gradient"
+    finding = Finding.make(
+        "fit.underfitting",
+        f"A copy of the model could not overfit one batch of {len(rows)} rows in {len(losses)} Adam steps "
+        f"(loss {losses[0]:.3g} -> {best:.3g}, a constant guess scores {reference:.3g}); {reason}.",
+        evidence={"rows": len(rows), "steps": len(losses), "lr": LR, "initial_loss": losses[0], "best_loss": best,
+                  "constant_guess_loss": reference, "explained_by": explained},
+        severity="error", where="model",
+        fix=("Fix " + ", ".join(explained) + " first; a working setup overfits one small batch within a few dozen steps.")
+        if explained else "Find what stops learning: check that every layer is used and the output is computed from the input "
+                          "without a non-differentiable op; then add capacity.")
+    finding.cause = explained[0] if explained else None
+    return finding, False
+
+
+def check_no_signal(c: Case) -> Finding | None:
+    """Held-out loss after a brief fit on real inputs vs on zeroed inputs (same init, same steps)."""
+    n = min(len(c.X), SIGNAL_ROWS)
+    confounders = [f.code for f in c.findings if f.is_problem and not f.code.startswith("data.")]
+    if confounders:
+        c.notes.append(f"The no-signal test was skipped: {', '.join(confounders)} would confound it.")
+        return None
+    if n < 32:
+        return None
+    half = n // 2
+    x, y, xv, yv = c.X[:half], c.y[:half], c.X[half:n], c.y[half:n]
+    held = {}
+    for name, inputs, held_in in (("real", x, xv), ("zeroed", torch.zeros_like(x), torch.zeros_like(xv))):
+        model = deepcopy(c.probe)
+        fit(model, inputs, y, c.loss_fn, SIGNAL_STEPS)
+        model.eval()
+        with torch.no_grad():
+            value, _ = run_loss(c.loss_fn, first_tensor(model(held_in)), yv)
+        if value is None or not math.isfinite(float(value)):
+            return None
+        held[name] = float(value)
+    real, zeroed = held["real"], held["zeroed"]
+    c.meta["no_signal"] = {"heldout_loss_real": real, "heldout_loss_zeroed": zeroed}
+    if real < 0.95 * zeroed:  # real inputs explain at least 5% of the loss a blind guess leaves
+        return None
+    return Finding.make(
+        "data.no_signal",
+        f"After {SIGNAL_STEPS} steps the held-out loss with real inputs ({real:.3g}) is no better than with zeroed "
+        f"inputs ({zeroed:.3g}): the inputs tell the model nothing about the targets.",
+        evidence={"heldout_loss_real": real, "heldout_loss_zeroed": zeroed, "train_rows": half, "heldout_rows": n - half,
+                  "steps": SIGNAL_STEPS, "lr": LR},
+        where="train_data")
