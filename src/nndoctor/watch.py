@@ -47,14 +47,15 @@ def guarded(method):
     return wrapper
 
 
-JUDGE_SHARE = 0.01  # the rules run at a flush only while they have cost under 1% of the watched time
+JUDGE_SHARE = 0.01  # in the user's loop, the rules run at a flush only while they have cost < 1% of the time
 
 
 class Doctor:
     """Watches one model (and optionally its optimizer) while it trains."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
-                 sample_every: int = 10, flush_every: int = 20, planned_steps: int | None = None):
+                 sample_every: int = 10, flush_every: int = 20, planned_steps: int | None = None,
+                 judge_share: float = JUDGE_SHARE):
         if not isinstance(model, nn.Module):
             raise TypeError(f"watch() needs a torch.nn.Module, not {type(model).__name__}")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
@@ -64,6 +65,7 @@ class Doctor:
         self.sample_every = max(1, int(sample_every))
         self.flush_every = max(1, int(flush_every))
         self.planned_steps = planned_steps
+        self.judge_share = judge_share
         self.active = True
         self.failure: str | None = None
         self.step = 0
@@ -219,7 +221,7 @@ class Doctor:
         if self.step % self.flush_every == 0:
             self.flush()
             elapsed = time.perf_counter() - self._started
-            if self._judge_seconds <= JUDGE_SHARE * elapsed or self.step == self.flush_every:
+            if self._judge_seconds <= self.judge_share * elapsed or self.step == self.flush_every:
                 began = time.perf_counter()
                 self.findings = self._judge(final=False)
                 self._judge_seconds += time.perf_counter() - began

@@ -247,6 +247,8 @@ def check_init_loss(c: Case) -> Finding | None:
     means confident wrong guesses (too large a last layer) or an output offset from the targets."""
     if c.loss0 is None or c.has("output.activation_mismatch", "data.labels_out_of_range", "loss.shape_mismatch"):
         return None
+    if not math.isfinite(c.loss0):
+        return None  # a NaN/Inf at init is loss.nonfinite's, with the module that produced it
     y = c.yb.double()
     if c.kind in CLASSIFICATION and c.n_outputs and c.n_outputs > 1:
         expected, label, limit = math.log(c.n_outputs), f"ln {c.n_outputs}, uniform guessing over {c.n_outputs} classes", 1.5

@@ -116,6 +116,16 @@ class Run:
             return end_level(values) >= 0.5 * self.baseline
         return relative_drop(values) < 0.5
 
+    def weight_shrink(self) -> float | None:
+        """Median over layers of (latest weight norm / first weight norm), when sampled."""
+        ratios = []
+        for name in self.history.names("weight_norm/"):
+            _, w = self.history[name].trace()
+            w = w[np.isfinite(w)]
+            if len(w) >= 3 and w[0] > 0:
+                ratios.append(w[-1] / w[0])
+        return float(np.median(ratios)) if ratios else None
+
     @property
     def progress(self) -> float:
         """Fraction of the planned run seen so far (1.0 when unknown and final)."""

@@ -22,10 +22,13 @@ def smooth(values: np.ndarray, width: int | None = None) -> np.ndarray:
     return np.median(windows, axis=1)
 
 
+START = 5  # losses that define the start: few enough to be the start, enough to ignore one odd batch
+
+
 def start_level(values: np.ndarray) -> float:
-    """The loss at the start: the median of the first few finite values."""
+    """The loss at the start: the median of the first few finite values (stable as the run grows)."""
     v = finite(values)
-    return float(np.median(v[: max(3, min(10, len(v) // 20))])) if len(v) else float("nan")
+    return float(np.median(v[:START])) if len(v) else float("nan")
 
 
 def end_level(values: np.ndarray, share: float = 0.1) -> float:
@@ -66,3 +69,22 @@ def still_falling(values: np.ndarray, share: float = 0.5, by: float = 0.02) -> b
         return False
     slope, _ = trend(late)
     return slope * len(late) < -by
+
+
+def steady_decline(values: np.ndarray) -> bool:
+    """The loss falls along a straight line, significantly (slope t < -3) and without slowing
+    down (the second half falls at least half as fast as the first): slow, not converging."""
+    v = finite(values)
+    if len(v) < 20:
+        return False
+    def slope_t(y):
+        x = np.arange(len(y), dtype=np.float64)
+        slope, intercept = np.polyfit(x, y, 1)
+        resid = y - (slope * x + intercept)
+        se = np.sqrt((resid ** 2).sum() / max(len(y) - 2, 1) / ((x - x.mean()) ** 2).sum())
+        return slope, slope / se if se > 0 else -np.inf * (slope < 0)
+    slope, t = slope_t(v)
+    half = len(v) // 2
+    first, _ = slope_t(v[:half])
+    second, _ = slope_t(v[half:])
+    return slope < 0 and t < -3 and second <= 0.5 * first

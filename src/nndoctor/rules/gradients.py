@@ -96,8 +96,18 @@ def grad_exploding(run: Run) -> Finding | None:
     return None
 
 
+def units_all_dead(run: Run) -> bool:
+    """Some layer's units are (nearly) all dead: that alone zeroes the gradients below and
+    beside it, so exactly-zero gradients are units.dead's evidence, not a cut graph."""
+    dead = [run.series(n).latest for n in run.history.names("dead/") if run.series(n)]
+    positive = [np.median(run.series(n).trace()[1]) for n in run.history.names("positive/") if run.series(n)]
+    return any(d >= 0.95 for d in dead) or any(p < 0.01 for p in positive)
+
+
 @rule("grad.zero")
 def grad_zero(run: Run) -> Finding | None:
+    if units_all_dead(run):
+        return None
     zero, total_nonzero = [], False
     for name, _ in run.params:
         s = run.series("grad_norm/" + name)
@@ -105,9 +115,6 @@ def grad_zero(run: Run) -> Finding | None:
             continue
         v = s.trace()[1]
         if np.mean(v == 0) >= ZERO_SHARE and v[0] == 0:
-            positive = run.series("positive/" + run.module_of(name))
-            if positive is not None and np.median(positive.trace()[1]) < 0.01:
-                continue  # the layer's outputs are never positive: dead ReLUs, not a cut graph
             zero.append(name)
         elif np.any(v > 0):
             total_nonzero = True

@@ -6,24 +6,40 @@ import numpy as np
 
 from ..findings import Finding
 from . import Run, rule
-from .curves import finite, relative_drop, smooth, start_level, trend
+from .curves import finite, relative_drop, smooth, start_level, steady_decline
 
 DIVERGE_FACTOR = 4.0   # smoothed loss 4x its start and 4x its best: the LR range test's stop rule (fastai, Lightning)
 HUGE_UPDATE = 0.1      # ||Δw||/||w|| of 0.1 per step: 100x the healthy 1e-3; the weights are rewritten every few steps
+FIRST_STEP_UPDATE = 0.2  # one step rewriting a fifth of a layer's weights: the initialization is wiped out at once
 TINY_UPDATE = 1e-4     # 10x below the healthy 1e-3 (CS231n) for the most-moved layer
 
 
 def top_update_ratio(run: Run) -> tuple[float, str] | None:
-    """Median over sampled steps of the largest per-layer update/weight ratio, and that layer."""
+    """Median over sampled steps of the largest per-layer update/weight ratio, and that layer.
+    Weight matrices only: a bias starts near zero, so its ratio says nothing about the step."""
     per_layer = {}
-    for name in run.history.names("update_ratio/"):
-        v = finite(run.history[name].trace()[1])
-        if len(v) >= 3 and run.numel(name.split("/", 1)[1]) > 1:
-            per_layer[name.split("/", 1)[1]] = float(np.median(v))
+    for name in run.weight_layers():
+        s = run.series("update_ratio/" + name)
+        v = finite(s.trace()[1]) if s is not None else []
+        if len(v) >= 3:
+            per_layer[name] = float(np.median(v))
     if not per_layer:
         return None
     layer = max(per_layer, key=per_layer.get)
     return per_layer[layer], layer
+
+
+def first_update_ratio(run: Run) -> tuple[float, str] | None:
+    """The largest update/weight ratio of a weight matrix on the first sampled step."""
+    firsts = {}
+    for name in run.weight_layers():
+        s = run.series("update_ratio/" + name)
+        if s is not None and s.head_values and np.isfinite(s.head_values[0]):
+            firsts[name] = s.head_values[0]
+    if not firsts:
+        return None
+    layer = max(firsts, key=firsts.get)
+    return firsts[layer], layer
 
 
 def divergence(run: Run) -> tuple[int, str, dict] | None:
@@ -31,7 +47,7 @@ def divergence(run: Run) -> tuple[int, str, dict] | None:
     steps, values = run.loss()
     if len(values) < 3:
         return None
-    start = start_level(values[: max(3, len(values) // 10)])
+    start = start_level(values)
     if not np.isfinite(start):
         return None
     ok = np.isfinite(values)
@@ -66,7 +82,16 @@ def lr_too_high(run: Run) -> Finding | None:
                             evidence={**evidence, "lr": lr}, step=step)
     ratio = top_update_ratio(run)
     _, values = run.loss()
-    if ratio and ratio[0] > HUGE_UPDATE and len(values) >= 10 and run.loss_is_poor(values):
+    first = first_update_ratio(run)
+    if first and first[0] > FIRST_STEP_UPDATE and len(values) >= 10 and run.loss_is_poor(values):
+        return Finding.make("lr.too_high",
+                            f"The first steps changed the weights of `{first[1]}` by {first[0]:.2g} of their norm "
+                            f"(healthy is about 1e-3) and the loss never recovered: the learning rate {lr} is too high.",
+                            evidence={"first_update_ratio": first[0], "layer": first[1], "lr": lr,
+                                      "loss_drop": relative_drop(values)}, where=first[1], step=0)
+    shrink = run.weight_shrink()
+    decaying = shrink is not None and shrink < 0.5  # steps dominated by weight decay: reg.too_strong's case
+    if ratio and ratio[0] > HUGE_UPDATE and len(values) >= 10 and run.loss_is_poor(values) and not decaying:
         return Finding.make("lr.too_high",
                             f"Each step changes the weights of {ratio[1]} by {ratio[0]:.2g} of their norm "
                             f"(healthy is about 1e-3) and the loss does not improve: the learning rate {lr} is too high.",
@@ -83,15 +108,12 @@ def lr_too_low(run: Run) -> Finding | None:
         return None
     top, layer = ratio
     drop = relative_drop(values)
-    slope, r2 = trend(smooth(values))
-    steady = slope < 0 and r2 > 0.8   # still falling in a straight line: not converged, just slow
-    if drop < 0.5 and (top < TINY_UPDATE or (top < 1e-3 and steady and drop < 0.2)):
+    if run.loss_is_poor(values) and (top < TINY_UPDATE or (top < 1e-3 and steady_decline(values))):
         lr = _lr(run)
         return Finding.make("lr.too_low",
                             f"The largest update is {top:.2g} of the weights per step (healthy is about 1e-3) and "
                             f"the loss fell only {max(drop, 0):.1%}: the learning rate {lr} is too low.",
-                            evidence={"top_update_ratio": top, "layer": layer, "loss_drop": drop,
-                                      "trend_r2": r2, "lr": lr})
+                            evidence={"top_update_ratio": top, "layer": layer, "loss_drop": drop, "lr": lr})
     return None
 
 

@@ -107,17 +107,21 @@ CNN_DIGITS = Recipe(
     family="cnn", data=partial(data.digits, images=True), model=cnn,
     loss=nn.CrossEntropyLoss, optimizer=partial(torch.optim.Adam, lr=2e-3), steps=150)
 
+CNN_DIGITS_SGD = Recipe(
+    family="cnn", data=partial(data.digits, images=True), model=cnn,
+    loss=nn.CrossEntropyLoss, optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9), steps=150)
+
 LSTM_SEQUENCE = Recipe(
     family="rnn", data=data.early_majority, model=SeqClassifier,
-    loss=nn.CrossEntropyLoss, optimizer=partial(torch.optim.Adam, lr=1e-2), steps=300)
+    loss=nn.CrossEntropyLoss, optimizer=partial(torch.optim.Adam, lr=1e-2), steps=250, batch_size=64)
 
 TRANSFORMER_POINTER = Recipe(
     family="transformer", data=data.pointer, model=PointerTransformer,
     loss=nn.CrossEntropyLoss, optimizer=partial(torch.optim.Adam, lr=3e-3), steps=300)
 
 MLP_DIABETES = Recipe(
-    family="mlp", data=data.diabetes, model=partial(mlp, 10, 1, hidden=(64,)),
-    loss=nn.MSELoss, optimizer=partial(torch.optim.Adam, lr=3e-3), steps=200)
+    family="mlp", data=data.diabetes, model=partial(mlp, 10, 1, hidden=(32,)),
+    loss=nn.MSELoss, optimizer=partial(torch.optim.Adam, lr=3e-3), steps=150)
 
 MLP_CANCER = Recipe(
     family="mlp", data=data.breast_cancer, model=partial(mlp, 30, 1, hidden=(32,)),

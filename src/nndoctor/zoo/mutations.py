@@ -60,10 +60,6 @@ def data(**options) -> Mutation:
     return lambda r: replace(r, data=partial(r.data, **options))
 
 
-def loss(factory) -> Mutation:
-    return lambda r: replace(r, loss=factory)
-
-
 def steps(n: int) -> Mutation:
     return lambda r: replace(r, steps=n)
 
@@ -183,6 +179,22 @@ def shuffle_labels() -> Mutation:
     return edit_data(lambda s: s.replace(y=permute(s.y, 1), y_val=permute(s.y_val, 2)))
 
 
+# faults in the optimizer -----------------------------------------------------------------
+
+def bottom_lr(value: float, layers: int = 1) -> Mutation:
+    """Give the first `layers` weight layers (weight and bias each) their own learning
+    rate, as when a "backbone" gets a tiny rate by mistake."""
+    def mutate(r: Recipe) -> Recipe:
+        base = r.optimizer
+
+        def make(params):
+            params = list(params)
+            return base([{"params": params[:2 * layers], "lr": value}, {"params": params[2 * layers:]}])
+        return replace(r, optimizer=make)
+    return mutate
+
+
+
 # faults in the model ---------------------------------------------------------------------
 
 def _weighted(model: nn.Module) -> list[nn.Module]:
@@ -209,11 +221,13 @@ def init_constant(value: float) -> Mutation:
     return edit_model(edit)
 
 
-def hidden_bias(value: float) -> Mutation:
-    """Set the bias of every layer but the last to `value` (very negative: ReLUs start dead)."""
+def hidden_bias(value: float, layers: int | None = None) -> Mutation:
+    """Set the bias of the first `layers` weight layers (default: all but the output
+    layer) to `value`; very negative, and the ReLUs after them start dead."""
     def edit(model: nn.Module) -> nn.Module:
+        hidden = _weighted(model)[:-1]
         with torch.no_grad():
-            for layer in _weighted(model)[:-1]:
+            for layer in hidden[:layers]:
                 layer.bias.fill_(value)
         return model
     return edit_model(edit)
