@@ -3,9 +3,9 @@
 collect (hooks) -> record (history) -> judge (rules) -> show (report) -> repair.
 """
 from .preflight import checkup
-from .diagnose import diagnose
+from .diagnosis import diagnose
 from .findings import Finding, Report
-from .watch import Doctor, watch
+from .watcher import Doctor, watch
 
 __all__ = ["checkup", "diagnose", "watch", "Doctor", "Finding", "Report"]
 __version__ = "0.1.0"

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..findings import Finding
 from ..history import History, Series
+from .curves import finite
 
 RULES: dict[str, Callable[["Run"], Finding | None]] = {}
 
@@ -75,7 +76,6 @@ class Run:
     loop_steps: int = 0
     eval_steps: int = 0
     targets: dict | None = None
-    rnn_sensitivity: dict = field(default_factory=dict)
     order: list = field(default_factory=list)              # module names in execution order
     extra: dict = field(default_factory=dict)              # evidence added by diagnose (e.g. dropout probe)
 
@@ -116,15 +116,15 @@ class Run:
             return end_level(values) >= 0.5 * self.baseline
         return relative_drop(values) < 0.5
 
-    def weight_shrink(self) -> float | None:
-        """Median over layers of (latest weight norm / first weight norm), when sampled."""
-        ratios = []
-        for name in self.history.names("weight_norm/"):
-            _, w = self.history[name].trace()
-            w = w[np.isfinite(w)]
+    def weight_norm_ratios(self) -> dict[str, float]:
+        """Latest / first norm of each weight matrix, where sampled (below 1: it shrank)."""
+        ratios = {}
+        for name in self.weight_layers():
+            s = self.series("weight_norm/" + name)
+            w = finite(s.trace()[1]) if s is not None else []
             if len(w) >= 3 and w[0] > 0:
-                ratios.append(w[-1] / w[0])
-        return float(np.median(ratios)) if ratios else None
+                ratios[name] = float(w[-1] / w[0])
+        return ratios
 
     @property
     def progress(self) -> float:

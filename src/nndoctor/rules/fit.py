@@ -6,14 +6,16 @@ import numpy as np
 
 from ..findings import Finding
 from . import Run, rule
-from .curves import end_level, finite, relative_drop, still_falling
+from .curves import end_level, finite, start_level, still_falling
 
 VAL_RISE = 0.25       # validation 25% above its best (validation noise alone moves it ~10%)...
 VAL_POINTS = 4        # ...judged on at least 4 validations, the last 2 both above the best
 GAP_VAL = 0.5         # memorizing: validation still at half the baseline (barely learned anything general)...
 GAP_TRAIN = 0.2       # ...while the training loss is below a fifth of the validation loss
 UNDERFIT_SHARE = 0.5  # the final training loss still half of the input-independent baseline
-SHRINK = 0.5          # weights shrank to half their initial norm under weight decay
+SHRINK = 0.5          # a weight matrix shrank below half its random init: decay outpulls the data (learning grows weights)
+FITTED = 0.1          # ...while the training loss is still above a tenth of the baseline...
+NO_GAP = 1.5          # ...and validation is within 1.5x of training: nothing to regularize away
 DROPOUT_GAP = 1.5     # the loss with dropout on is 1.5x the loss with it off, on the same batch
 MAX_DROPOUT = 0.5     # above 0.5 most units are dropped: the usual ceiling (Srivastava et al.; UMLAUT warns above it)
 
@@ -77,19 +79,29 @@ def fit_underfitting(run: Run) -> Finding | None:
 @rule("reg.too_strong")
 def reg_too_strong(run: Run) -> Finding | None:
     _, values = run.loss()
-    if len(finite(values)) < 20 or not run.loss_is_poor(finite(values)):
+    v = finite(values)
+    if len(v) < 20 or len(v) < len(values):
         return None
     gap = run.extra.get("dropout_gap")
-    if gap and (gap["train_mode"] >= DROPOUT_GAP * gap["eval_mode"] or gap["p"] > MAX_DROPOUT):
+    if gap and run.loss_is_poor(v) and (gap["train_mode"] >= DROPOUT_GAP * gap["eval_mode"] or gap["p"] > MAX_DROPOUT):
         return Finding.make("reg.too_strong",
                             f"Dropout p={gap['p']} keeps the model from fitting: the training loss stays high, and on "
                             f"one batch it is {gap['train_mode']:.3g} with dropout on vs {gap['eval_mode']:.3g} off.",
                             evidence=gap, where=gap.get("modules"))
     decay = max((g.get("weight_decay", 0) or 0 for g in run.optimizer.param_groups), default=0) if run.optimizer else 0
-    shrink = run.weight_shrink()
-    if decay > 0 and shrink is not None and shrink < SHRINK:
+    shrunk = {n: r for n, r in run.weight_norm_ratios().items() if r < SHRINK}
+    if decay <= 0 or not shrunk:
+        return None
+    reference = run.baseline or start_level(v)
+    val = run.series("val_loss")
+    generalizes = val is None or end_level(val.trace()[1], 0.3) <= NO_GAP * end_level(v)
+    if end_level(v) >= FITTED * reference and generalizes:
+        worst = min(shrunk, key=shrunk.get)
         return Finding.make("reg.too_strong",
-                            f"Weight decay {decay} shrank the weights to {shrink:.0%} of their initial "
-                            f"norm while the loss stayed high (fell {max(relative_drop(finite(values)), 0):.0%}).",
-                            evidence={"weight_decay": decay, "weight_norm_ratio": shrink})
+                            f"Weight decay {decay} shrank `{worst}` to {shrunk[worst]:.0%} of its initial norm while the "
+                            f"training loss stays at {end_level(v):.3g} ({end_level(v) / reference:.0%} of "
+                            + ("the label-prior baseline" if run.baseline else "its start")
+                            + ") with no overfitting to hold back.",
+                            evidence={"weight_decay": decay, "weight_norm_ratio": shrunk,
+                                      "final_train_loss": end_level(v), "reference_loss": reference}, where=worst)
     return None

@@ -56,16 +56,18 @@ def grad_vanishing(run: Run) -> Finding | None:
                             f"({-math.log10(max(ratio, 1e-300)):.0f} orders of magnitude lost on the way down).",
                             evidence={"bottom_to_top_rms": ratio, "bottom": bottom, "top": top},
                             where=[bottom, top])
-    for name, profile in run.rnn_sensitivity.items():
-        first, last = profile[0], profile[-1]
-        if last > 0 and first / last < TIME_RATIO:
-            memory = next((k for k in range(len(profile)) if profile[-1 - k] < TIME_RATIO * last), len(profile))
+    for series in run.history.names("through_time/"):
+        name = series.split("/", 1)[1]
+        ratios = finite(run.history[series].trace()[1])
+        if len(ratios) and np.median(ratios) < TIME_RATIO:
+            length = int(run.history["through_time_length/" + name].latest)
+            ratio = float(np.median(ratios))
             return Finding.make("grad.vanishing",
-                                f"Through time in `{name}`: the first of {len(profile)} steps has {first / last:.1e} "
-                                f"of the last step's influence on the output; the gradient fades after about "
-                                f"{memory} steps.",
-                                evidence={"first_to_last": first / last, "sequence_length": len(profile),
-                                          "memory_steps": memory}, where=name)
+                                f"Through time in `{name}`: the first of {length} steps has {ratio:.1e} of the last "
+                                f"step's influence on the output (median over training): the recurrence forgets "
+                                f"long-range inputs.",
+                                evidence={"first_to_last": ratio, "sequence_length": length, "probes": len(ratios)},
+                                where=name)
     return None
 
 

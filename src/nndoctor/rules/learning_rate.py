@@ -10,7 +10,8 @@ from .curves import finite, relative_drop, smooth, start_level, steady_decline
 
 DIVERGE_FACTOR = 4.0   # smoothed loss 4x its start and 4x its best: the LR range test's stop rule (fastai, Lightning)
 HUGE_UPDATE = 0.1      # ||Δw||/||w|| of 0.1 per step: 100x the healthy 1e-3; the weights are rewritten every few steps
-FIRST_STEP_UPDATE = 0.2  # one step rewriting a fifth of a layer's weights: the initialization is wiped out at once
+FIRST_STEP_UPDATE = 0.2  # one step rewriting a fifth of a layer's weights, and the loss never recovers
+WIPED_OUT = 0.5          # one step moving a layer by half its norm: the initialization is gone at once
 TINY_UPDATE = 1e-4     # 10x below the healthy 1e-3 (CS231n) for the most-moved layer
 
 
@@ -83,14 +84,14 @@ def lr_too_high(run: Run) -> Finding | None:
     ratio = top_update_ratio(run)
     _, values = run.loss()
     first = first_update_ratio(run)
-    if first and first[0] > FIRST_STEP_UPDATE and len(values) >= 10 and run.loss_is_poor(values):
+    if first and len(values) >= 10 and (first[0] > WIPED_OUT or first[0] > FIRST_STEP_UPDATE and run.loss_is_poor(values)):
         return Finding.make("lr.too_high",
                             f"The first steps changed the weights of `{first[1]}` by {first[0]:.2g} of their norm "
-                            f"(healthy is about 1e-3) and the loss never recovered: the learning rate {lr} is too high.",
+                            f"(healthy is about 1e-3): the learning rate {lr} is too high.",
                             evidence={"first_update_ratio": first[0], "layer": first[1], "lr": lr,
                                       "loss_drop": relative_drop(values)}, where=first[1], step=0)
-    shrink = run.weight_shrink()
-    decaying = shrink is not None and shrink < 0.5  # steps dominated by weight decay: reg.too_strong's case
+    shrink = list(run.weight_norm_ratios().values())
+    decaying = bool(shrink) and np.median(shrink) < 0.5  # steps dominated by weight decay: reg.too_strong's case
     if ratio and ratio[0] > HUGE_UPDATE and len(values) >= 10 and run.loss_is_poor(values) and not decaying:
         return Finding.make("lr.too_high",
                             f"Each step changes the weights of {ratio[1]} by {ratio[0]:.2g} of their norm "

@@ -117,7 +117,7 @@ LSTM_SEQUENCE = Recipe(
 
 TRANSFORMER_POINTER = Recipe(
     family="transformer", data=data.pointer, model=PointerTransformer,
-    loss=nn.CrossEntropyLoss, optimizer=partial(torch.optim.Adam, lr=3e-3), steps=300)
+    loss=nn.CrossEntropyLoss, optimizer=partial(torch.optim.Adam, lr=3e-3), steps=200)
 
 MLP_DIABETES = Recipe(
     family="mlp", data=data.diabetes, model=partial(mlp, 10, 1, hidden=(32,)),

@@ -16,7 +16,7 @@ from .data import as_loader, check_data, sample
 from .findings import Finding, Report
 from .preflight import run_checks
 from .rules import fold
-from .watch import Doctor
+from .watcher import Doctor
 
 DEFAULT_EPOCHS = 5
 MIN_STEPS, MAX_STEPS = 200, 1000

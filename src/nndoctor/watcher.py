@@ -47,6 +47,7 @@ def guarded(method):
     return wrapper
 
 
+PROBE_EVERY = 5     # flushes between through-time probes of recurrent modules (one small backward each)
 JUDGE_SHARE = 0.01  # in the user's loop, the rules run at a flush only while they have cost < 1% of the time
 
 
@@ -80,6 +81,7 @@ class Doctor:
         self._handles: list = []
         self._started = time.perf_counter()
         self._judge_seconds = 0.0
+        self._flushes = 0
 
         self.module_names = {m: (n or type(model).__name__) for n, m in model.named_modules()}
         in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]} if optimizer else None
@@ -252,6 +254,9 @@ class Doctor:
             for keys, steps, values in buffer.flush():
                 for col, key in enumerate(keys):
                     h[prefix + key].extend(steps, values[:, col])
+        self._flushes += 1
+        if self._flushes % PROBE_EVERY == 1 and self.activations.rnn_inputs:
+            self._probe_rnns()
         had_origin = self.sentinel.origin is not None
         self.sentinel.flush()
         if self.sentinel.origin is not None and not had_origin:
@@ -273,7 +278,7 @@ class Doctor:
                   origin=self.sentinel.origin, order=self.sentinel.order, none_counts=self.grads.none_counts,
                   sampled=self.grads.sampled, not_in_optimizer=self.not_in_optimizer,
                   loop_steps=self.loop.steps, eval_steps=self.loop.eval_steps,
-                  targets=self.targets, extra=self.extra, rnn_sensitivity=self._probe_rnns() if final else {})
+                  targets=self.targets, extra=self.extra)
         findings, notes = judge(run)
         for f in findings:
             self._first_seen.setdefault(f.code, f.step if f.step is not None else self.step)
@@ -282,20 +287,25 @@ class Doctor:
             self.notes = [n for n in self.notes if not n.startswith("rule ")] + notes
         return findings
 
-    def _probe_rnns(self) -> dict[str, list[float]]:
-        out, was_active = {}, self.active
-        self.active = False  # the probe's own forward pass must not be recorded
+    def _probe_rnns(self) -> None:
+        """Record, for each recurrent module, the first time step's influence on the last
+        output relative to the last step's own (see collect/recurrent.py)."""
+        was_active, self.active = self.active, False  # the probe's own forward pass must not be recorded
         modules = {n: m for m, n in self.module_names.items()}
-        for name, x in self.activations.rnn_inputs.items():
-            try:
-                profile = sensitivity_through_time(modules[name], x)
-            except Exception as exc:  # an exotic RNN: skip it and say so
-                self.notes.append(f"through-time gradient probe skipped for {name}: {type(exc).__name__}")
-                continue
-            if profile:
-                out[name] = profile
-        self.active = was_active
-        return out
+        try:
+            for name, x in self.activations.rnn_inputs.items():
+                try:
+                    profile = sensitivity_through_time(modules[name], x)
+                except Exception as exc:  # an exotic RNN: skip it and say so
+                    note = f"through-time gradient probe skipped for {name}: {type(exc).__name__}"
+                    if note not in self.notes:
+                        self.notes.append(note)
+                    continue
+                if profile and profile[-1] > 0:
+                    self.history["through_time/" + name].add(self.step, profile[0] / profile[-1])
+                    self.history["through_time_length/" + name].add(self.step, len(profile))
+        finally:
+            self.active = was_active
 
     def _series(self) -> dict:
         keep = ("loss", "val_loss", "lr", "grad_norm/", "update_ratio/", "dead/", "saturated/", "output/")
