@@ -101,7 +101,7 @@ _CODES = [
              "Lower the learning rate, add momentum (0.9), or use Adam."),
     CodeInfo("loss.plateau", "warning", "Loss stuck on a plateau",
              "Check the init and the learning rate, look for dead or saturated units; try a restart from another seed."),
-    CodeInfo("loss.fluctuation", "info", "Loss fluctuates around a flat mean late in training",
+    CodeInfo("loss.fluctuation", "warning", "Loss fluctuates around a flat mean late in training",
              "Decay the learning rate (step, cosine or 1/t schedule) for the last part of training, or grow the batch."),
     # curvature and batch (deep analysis)
     CodeInfo("curvature.ill_conditioned", "warning", "Ill-conditioned curvature (a ravine)",

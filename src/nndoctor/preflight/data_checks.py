@@ -75,7 +75,7 @@ def check_not_normalized(c: Case) -> Finding | None:
                 "min": float(stats["min"].min()), "max": float(stats["max"].max()),
                 "features": int(len(stats["std"])), "axis": stats["axis"]}
     axis = stats["axis"]
-    if rms > 10 or rms < 0.01:  # an order of magnitude (two below) from the unit scale inits assume
+    if rms > 5 or rms < 0.01:  # half an order of magnitude above (two below) the unit scale inits assume
         message = f"Input {axis}s have a typical magnitude of {rms:.3g} (median RMS) instead of about 1."
     elif spread > 100:  # two orders of magnitude between typical large and small feature scales
         message = f"Input {axis} scales differ by {spread:.3g}x (std of the 90th vs the 10th percentile {axis})."

@@ -71,12 +71,13 @@ def still_falling(values: np.ndarray, share: float = 0.5, by: float = 0.02) -> b
     return slope * len(late) < -by
 
 
-def steady_decline(values: np.ndarray) -> bool:
+def steady_decline(values: np.ndarray, min_points: int = 20) -> bool:
     """The loss falls along a straight line, significantly (slope t < -3) and without slowing
     down (the second half falls at least half as fast as the first): slow, not converging."""
     v = finite(values)
-    if len(v) < 20:
+    if len(v) < min_points:
         return False
+
     def slope_t(y):
         x = np.arange(len(y), dtype=np.float64)
         slope, intercept = np.polyfit(x, y, 1)

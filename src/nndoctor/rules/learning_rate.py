@@ -48,9 +48,11 @@ def divergence(run: Run) -> tuple[int, str, dict] | None:
     steps, values = run.loss()
     if len(values) < 3:
         return None
-    start = start_level(values)
-    if not np.isfinite(start):
+    ok_values = finite(values)
+    if not len(ok_values):
         return None
+    # the start: the median of the first few losses, or the very first one if the run blew up sooner
+    start = start_level(values) if len(ok_values) >= 5 and np.isfinite(values[:5]).all() else float(ok_values[0])
     ok = np.isfinite(values)
     level = smooth(np.where(ok, values, np.nanmax(np.where(ok, values, np.nan)) if ok.any() else 0.0), 5)
     best = np.minimum.accumulate(np.where(ok, level, np.inf))
@@ -109,7 +111,9 @@ def lr_too_low(run: Run) -> Finding | None:
         return None
     top, layer = ratio
     drop = relative_drop(values)
-    if run.loss_is_poor(values) and (top < TINY_UPDATE or (top < 1e-3 and steady_decline(values))):
+    val = run.series("val_loss")
+    steady = steady_decline(values) or (val is not None and steady_decline(val.trace()[1], min_points=5))
+    if run.loss_is_poor(values) and (top < TINY_UPDATE or (top < 1e-3 and steady)):
         lr = _lr(run)
         return Finding.make("lr.too_low",
                             f"The largest update is {top:.2g} of the weights per step (healthy is about 1e-3) and "

@@ -10,7 +10,7 @@ from .curves import end_level, finite, relative_drop, smooth, start_level, still
 MIN_STEPS = 30        # fewer logged losses than this: no verdict on the shape of the curve
 PLATEAU_DROP = 0.05   # less than 5% below the start after the whole run: no learning
 OSCILLATION_GAP = 1.5  # the second half sits 1.5x above the best smoothed level already reached
-FLUCTUATION_NOISE = 0.1  # late noise of 10% of the level: a smaller step would remove most of it
+FLUCTUATION_NOISE = 0.08  # late jitter of 8% of the level around a flat trend: a smaller step would remove most of it
 
 
 @rule("loss.nonfinite")
@@ -86,19 +86,50 @@ def loss_oscillation(run: Run) -> Finding | None:
 
 @rule("loss.fluctuation")
 def loss_fluctuation(run: Run) -> Finding | None:
+    if run.progress < 0.9:
+        return None
+    lr = run.series("lr")
+    if lr is not None and np.ptp(lr.trace()[1]) > 1e-12 * max(abs(lr.latest or 0), 1e-12):
+        return None  # the rate already decays: the remedy is in place
+    val = run.series("val_loss")
+    if val is not None and len(val) >= 6:
+        return _validation_fluctuation(run, finite(val.trace()[1]))
+    return _training_noise(run)
+
+
+def _validation_fluctuation(run: Run, val: np.ndarray) -> Finding | None:
+    """The validation loss (fixed data, so batch noise cannot explain it) jumps around a flat
+    level late in training: the weights themselves rattle, which a smaller step removes."""
+    late = val[-max(5, int(len(val) * 0.6)):]
+    x = np.arange(len(late), dtype=np.float64)
+    slope, intercept = np.polyfit(x, late, 1)
+    level = float(np.median(late))
+    jitter = float(np.std(late - (slope * x + intercept))) / max(level, 1e-12)
+    drift = float(slope * len(late)) / max(level, 1e-12)
+    if jitter >= FLUCTUATION_NOISE and abs(drift) < jitter:  # swings larger than any trend (a rise is overfitting)
+        return Finding.make("loss.fluctuation",
+                            f"Late in training the validation loss jumps by {jitter:.0%} of its level ({level:.3g}) "
+                            f"around a flat trend, at a constant learning rate.",
+                            evidence={"late_val_level": level, "relative_jitter": jitter, "relative_drift": drift,
+                                      "validations": len(late)})
+    return None
+
+
+def _training_noise(run: Run) -> Finding | None:
+    """Without validation only the training loss shows it, where batch-to-batch noise looks the
+    same: advice (info), not a warning."""
     _, values = run.loss()
     v = finite(values)
-    if len(v) < 3 * MIN_STEPS or len(v) < len(values) or run.progress < 0.9:
+    if len(v) < 3 * MIN_STEPS or len(v) < len(values):
         return None
     late = tail(v, 0.3)
-    slope, r2 = trend(late)
+    slope, _ = trend(late)
     level = float(np.median(late))
     noise = float(np.median(np.abs(late - smooth(late, max(5, len(late) // 5))))) / max(level, 1e-12)
-    lr = run.series("lr")
-    constant_lr = lr is None or np.ptp(lr.trace()[1]) <= 1e-12 * max(abs(lr.latest or 0), 1e-12)
-    if abs(slope) * len(late) < 0.05 and noise > FLUCTUATION_NOISE and constant_lr:
+    if abs(slope) * len(late) < 0.05 and noise > FLUCTUATION_NOISE:
         return Finding.make("loss.fluctuation",
-                            f"Over the last 30% of steps the loss is flat at {level:.3g} with noise of "
-                            f"{noise:.0%} of its level and a constant learning rate.",
-                            evidence={"late_level": level, "relative_noise": noise})
+                            f"Over the last 30% of steps the training loss is flat at {level:.3g} with noise of "
+                            f"{noise:.0%} of its level and a constant learning rate (validate to tell it from "
+                            f"batch-to-batch noise).",
+                            evidence={"late_level": level, "relative_noise": noise}, severity="info")
     return None

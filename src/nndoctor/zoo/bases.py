@@ -43,7 +43,7 @@ def cnn(n_out: int = 10, *, channels: int = 16) -> nn.Sequential:
 
 
 class FunctionalMLP(nn.Module):
-    """The same MLP written as a subclass calling F.relu, the common style: its
+    """A two-hidden-layer MLP written as a subclass calling F.relu, the common style: its
     activations are not modules, so nothing can find them by module type."""
 
     def __init__(self, n_in: int = 64, n_out: int = 10, *, width: int = 128):

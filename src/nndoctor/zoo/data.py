@@ -71,9 +71,10 @@ def standardize(split: Split, *, per_feature: bool = True) -> Split:
 
     Features that are constant on the training split (digits' blank corner pixels) keep a
     scale of 1 instead of dividing by zero."""
-    dims = 0 if per_feature else None
-    mean = split.X.mean(dims) if dims is not None else split.X.mean()
-    std = split.X.std(dims) if dims is not None else split.X.std()
+    if per_feature:
+        mean, std = split.X.mean(0), split.X.std(0)
+    else:
+        mean, std = split.X.mean(), split.X.std()
     std = torch.where(std > 1e-6, std, torch.ones_like(std))
     return split.replace(X=(split.X - mean) / std, X_val=(split.X_val - mean) / std)
 

@@ -194,7 +194,6 @@ def bottom_lr(value: float, layers: int = 1) -> Mutation:
     return mutate
 
 
-
 # faults in the model ---------------------------------------------------------------------
 
 def _weighted(model: nn.Module) -> list[nn.Module]:
@@ -280,7 +279,7 @@ class Sign(nn.Module):
 
 
 class Log(nn.Module):
-    """A log-transform of the features; log(0) is -inf."""
+    """A log of its input (here: of ReLU outputs, which are often exactly 0); log(0) is -inf."""
 
     def forward(self, x):
         return torch.log(x)

@@ -6,7 +6,7 @@ initialized. A mutation operator returns a changed Recipe, so a fault is one lin
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
@@ -54,8 +54,8 @@ class Recipe:
     batch_size: int | None = 32
     shuffle: bool = True                          # False: a DataLoader that keeps the data's order
     loop: Callable | None = None                  # loop(setup, doctor, *, seed) for own-loop faults
-    data_edits: tuple[Callable[[Split], Split], ...] = field(default=())
-    model_edits: tuple[Callable[[nn.Module], nn.Module], ...] = field(default=())
+    data_edits: tuple[Callable[[Split], Split], ...] = ()
+    model_edits: tuple[Callable[[nn.Module], nn.Module], ...] = ()
 
     def build(self, seed: int = 0) -> Setup:
         split = self.data()
