@@ -13,6 +13,7 @@ from .curves import finite, tail
 VANISH_RATIO = 1e-3   # bottom/top gradient RMS below 1e-3: AUTOTRAINER's β1 for the first/last layer ratio
 EXPLODE_RATIO = 1e2   # bottom/top gradient RMS above 100 (AUTOTRAINER uses 70 on norms)
 EXPLODE_GROWTH = 1e3  # total gradient norm 1000x its value at the start
+RELATIVE_LIMIT = 10.0  # gradient 10x the weights at init; healthy zoo nets start at 0.07-0.75 (AUTOTRAINER: 70 across layers)
 TIME_RATIO = 1e-3     # the first time step's influence on the last output below 1e-3 of the last step's
 ZERO_SHARE = 0.9      # exactly-zero gradient on 90% of steps: not chance, a cut in the graph
 PINNED = 1e-3         # total norm within 0.1% of the same value: a clipping threshold, not chance
@@ -71,6 +72,18 @@ def grad_vanishing(run: Run) -> Finding | None:
     return None
 
 
+def relative_gradient(run: Run) -> float | None:
+    """||g|| / ||w|| over all weight matrices at the first step both were measured."""
+    g2 = w2 = 0.0
+    for name in run.weight_layers():
+        g, w = run.series("grad_norm/" + name), run.series("weight_norm/" + name)
+        if g is None or w is None or not g.head_values or not w.head_values or g.head_steps[0] != w.head_steps[0]:
+            continue
+        g2 += g.head_values[0] ** 2
+        w2 += w.head_values[0] ** 2
+    return math.sqrt(g2 / w2) if w2 > 0 and math.isfinite(g2) else None
+
+
 @rule("grad.exploding")
 def grad_exploding(run: Run) -> Finding | None:
     total = run.series("grad_norm/total")
@@ -88,6 +101,12 @@ def grad_exploding(run: Run) -> Finding | None:
                                 f"The gradient norm grew from {start:.3g} to {norms[i]:.3g} by step {int(steps[i])}.",
                                 evidence={"start_norm": start, "norm_at_detection": float(norms[i]), "peak_norm": peak},
                                 step=int(steps[i]))
+    relative = relative_gradient(run)
+    if relative is not None and relative > RELATIVE_LIMIT:
+        return Finding.make("grad.exploding",
+                            f"At the start the gradient is {relative:.3g}x the size of the weights themselves "
+                            f"(healthy networks start well below 1): any step of useful size throws the weights away.",
+                            evidence={"gradient_to_weight_norm": relative}, step=0)
     found = layer_ratio(run)
     if found and found[0] > EXPLODE_RATIO and run.loss_is_poor(loss):
         ratio, bottom, top = found

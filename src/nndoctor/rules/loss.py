@@ -10,6 +10,7 @@ from .curves import end_level, finite, relative_drop, smooth, start_level, still
 MIN_STEPS = 30        # fewer logged losses than this: no verdict on the shape of the curve
 PLATEAU_DROP = 0.05   # less than 5% below the start after the whole run: no learning
 OSCILLATION_GAP = 1.5  # the second half sits 1.5x above the best smoothed level already reached
+DIVERGING = 4.0       # the late loss 4x above the mid-run loss: a runaway, not an oscillation
 FLUCTUATION_NOISE = 0.08  # late jitter of 8% of the level around a flat trend: a smaller step would remove most of it
 
 
@@ -68,13 +69,15 @@ def loss_oscillation(run: Run) -> Finding | None:
     if len(v) < MIN_STEPS or len(v) < len(values):
         return None
     level = smooth(v, max(5, len(v) // 20))
-    best = float(level.min())
-    second = tail(level, 0.5)
+    best = float(level.min())  # the best level held for a while, not one lucky batch
+    second = tail(v, 0.5)
     rising_share = float(np.mean(np.diff(second) > 0))
-    slope, _ = trend(second)
+    third = max(1, len(second) // 3)
+    descending = np.median(second[-third:]) < 0.5 * np.median(second[:third])  # robust to wild swings
+    runaway = np.median(second[-third:]) > DIVERGING * np.median(second[:third])  # lr.too_high's divergence
     swings = 0.25 < rising_share < 0.75          # goes up and down, not steadily one way
     far_from_best = np.median(second) > OSCILLATION_GAP * max(best, 1e-12)
-    if swings and far_from_best and slope > -1e-3 and run.loss_is_poor(v):
+    if swings and far_from_best and not descending and not runaway and run.loss_is_poor(v):
         amplitude = float((np.percentile(second, 90) - np.percentile(second, 10)) / max(np.median(second), 1e-12))
         return Finding.make("loss.oscillation",
                             f"In the second half the loss swings by {amplitude:.0%} of its level and sits "
