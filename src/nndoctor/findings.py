@@ -182,9 +182,18 @@ class Finding:
         return self.severity in ("error", "warning")
 
 
+# Findings made before training rank by what they say about the setup: the pre-flight
+# "cannot overfit one batch" test (fit.underfitting, step None) is evidence about the model
+# itself, just below the init checks, not a verdict on a finished run.
+PREFLIGHT_PRECEDENCE = {"fit.underfitting": PRECEDENCE["init.scale_mismatch"] + 0.5}
+
+
 def rank(finding: Finding) -> tuple:
     """Sort key: problems before advice, then root causes before symptoms."""
-    return (finding.severity == "info", PRECEDENCE[finding.code], finding.step if finding.step is not None else -1)
+    precedence = PRECEDENCE[finding.code]
+    if finding.step is None:
+        precedence = PREFLIGHT_PRECEDENCE.get(finding.code, precedence)
+    return (finding.severity == "info", precedence, finding.step if finding.step is not None else -1)
 
 
 @dataclass

@@ -144,7 +144,8 @@ def linear_probe(c: Case, x, y, xv, yv) -> float | None:
     if out is None or out.dim() != 2 or not isinstance(x, torch.Tensor) or x.dim() < 2:
         return None
     flat, flat_v = x.flatten(1).double(), xv.flatten(1).double()
-    mean, std = flat.mean(0), flat.std(0).clamp_min(1e-8)
+    mean, std = flat.mean(0), flat.std(0)
+    std = torch.where(std > 1e-6, std, torch.ones_like(std))  # constant features: centred, not blown up
     flat, flat_v = ((flat - mean) / std).float(), ((flat_v - mean) / std).float()
     model = nn.Linear(flat.shape[1], out.shape[1])
     fit(model, flat, y, c.loss_fn, LINEAR_STEPS)

@@ -108,6 +108,17 @@ class Run:
         """The loss of a predictor that ignores its input (the label prior), when known."""
         return (self.targets or {}).get("baseline")
 
+    @property
+    def scale(self) -> float | None:
+        """The loss scale of this problem: the baseline when known, else the loss at the start.
+        Changes smaller than a few percent of it are immaterial however large in relative terms."""
+        if self.baseline:
+            return self.baseline
+        from .curves import start_level
+        _, values = self.loss()
+        level = start_level(values) if len(values) else float("nan")
+        return level if np.isfinite(level) and level > 0 else None
+
     def loss_is_poor(self, values: np.ndarray) -> bool:
         """The loss ends far from where a learning model would be: within half of the
         input-independent baseline when that is known, otherwise less than halved."""

@@ -8,10 +8,11 @@ from ..findings import Finding
 from . import Run, rule
 from .curves import end_level, finite, start_level, still_falling
 
+MATERIAL = 0.02       # a rise must also exceed 2% of the problem's loss scale (baseline or start) to matter
 VAL_RISE = 0.25       # validation 25% above its best (validation noise alone moves it ~10%)...
 VAL_POINTS = 4        # ...judged on at least 4 validations, the last 2 both above the best
-GAP_VAL = 0.5         # memorizing: validation still at half the baseline (barely learned anything general)...
-GAP_TRAIN = 0.2       # ...while the training loss is below a fifth of the validation loss
+GAP_VAL = 0.2         # memorizing: validation still above a fifth of the baseline (healthy zoo nets: 3-9%)...
+GAP_TRAIN = 0.1       # ...while the training loss is below a tenth of the validation loss
 UNDERFIT_SHARE = 0.5  # the final training loss still half of the input-independent baseline
 SHRINK = 0.5          # a weight matrix shrank below half its random init: decay outpulls the data (learning grows weights)
 FITTED = 0.1          # ...while the training loss is still above a tenth of the baseline...
@@ -30,30 +31,39 @@ def fit_overfitting(run: Run) -> Finding | None:
     if not np.isfinite(vvalues).all() or len(finite(train)) < 10:
         return None
     best = int(np.argmin(vvalues))
-    train_at_best = finite(train[steps <= vsteps[best]])
-    train_after = finite(train[steps > vsteps[best]])
-    if len(train_at_best) < 3 or len(train_after) < 3:
-        return None
-    if end_level(train_after) >= np.median(train_at_best[-max(3, len(train_at_best) // 10):]):
-        return None  # training loss did not keep falling after the best validation: not overfitting
     late = vvalues[-2:]
     evidence = {"best_val_loss": float(vvalues[best]), "best_step": int(vsteps[best]),
                 "final_val_loss": float(late[-1]), "final_train_loss": end_level(train)}
-    if best < len(vvalues) - 2 and (late > vvalues[best] * (1 + VAL_RISE)).all():
+    if rose_while_training_fell(run, vsteps, vvalues, best, steps, train):
         rise = float(late[-1] / vvalues[best] - 1)
         return Finding.make("fit.overfitting",
                             f"Validation loss rose {rise:.0%} above its best ({vvalues[best]:.3g} at step "
                             f"{int(vsteps[best])}) while the training loss kept falling.",
                             evidence=evidence, step=int(vsteps[best]))
-    reference = run.baseline or float(vvalues[0])
+    if not run.baseline:
+        return None  # the memorization gap needs the label-prior baseline to call validation poor
     final_train = end_level(train)
-    if late[-1] >= GAP_VAL * reference and final_train <= GAP_TRAIN * late[-1]:
+    if late[-1] >= GAP_VAL * run.baseline and final_train <= GAP_TRAIN * late[-1]:
+        parted = int(vsteps[int(np.argmax(vvalues <= 1.1 * vvalues[best]))])  # validation stopped gaining
         return Finding.make("fit.overfitting",
                             f"The training loss fell to {final_train:.3g} while validation stays at {late[-1]:.3g}, "
-                            f"{late[-1] / reference:.0%} of " + ("the label-prior baseline" if run.baseline else "its first value")
-                            + ": the model memorizes the training set.",
-                            evidence={**evidence, "reference_loss": reference}, step=int(vsteps[best]))
+                            f"{late[-1] / run.baseline:.0%} of the label-prior baseline: the model memorizes the "
+                            f"training set.", evidence={**evidence, "reference_loss": run.baseline}, step=parted)
     return None
+
+
+def rose_while_training_fell(run: Run, vsteps, vvalues, best: int, steps, train) -> bool:
+    """The textbook pattern: after the best validation the last two validations are clearly
+    (and materially) above it, and the training loss went on falling."""
+    late = vvalues[-2:]
+    if best >= len(vvalues) - 2 or not (late > vvalues[best] * (1 + VAL_RISE)).all():
+        return False
+    if late[-1] - vvalues[best] <= MATERIAL * (run.scale or 0):
+        return False
+    at_best, after = finite(train[steps <= vsteps[best]]), finite(train[steps > vsteps[best]])
+    if len(at_best) < 3 or len(after) < 3:
+        return False
+    return end_level(after) < np.median(at_best[-max(3, len(at_best) // 10):])
 
 
 @rule("fit.underfitting")

@@ -10,6 +10,7 @@ from .curves import end_level, finite, relative_drop, smooth, start_level, still
 MIN_STEPS = 30        # fewer logged losses than this: no verdict on the shape of the curve
 PLATEAU_DROP = 0.05   # less than 5% below the start after the whole run: no learning
 OSCILLATION_GAP = 1.5  # the second half sits 1.5x above the best smoothed level already reached
+MATERIAL = 0.02       # fluctuation must also exceed 2% of the problem's loss scale (baseline or start)
 DIVERGING = 4.0       # the late loss 4x above the mid-run loss: a runaway, not an oscillation
 FLUCTUATION_NOISE = 0.08  # late jitter of 8% of the level around a flat trend: a smaller step would remove most of it
 
@@ -109,7 +110,8 @@ def _validation_fluctuation(run: Run, val: np.ndarray) -> Finding | None:
     level = float(np.median(late))
     jitter = float(np.std(late - (slope * x + intercept))) / max(level, 1e-12)
     drift = float(slope * len(late)) / max(level, 1e-12)
-    if jitter >= FLUCTUATION_NOISE and abs(drift) < jitter:  # swings larger than any trend (a rise is overfitting)
+    material = jitter * level >= MATERIAL * (run.scale or 0)  # near a zero loss, tiny jitter looks large
+    if jitter >= FLUCTUATION_NOISE and abs(drift) < jitter and material:  # swings larger than any trend (a rise is overfitting)
         return Finding.make("loss.fluctuation",
                             f"Late in training the validation loss jumps by {jitter:.0%} of its level ({level:.3g}) "
                             f"around a flat trend, at a constant learning rate.",

@@ -10,6 +10,7 @@ from . import Run, rule
 from .curves import finite, tail
 
 DEAD_SHARE = 0.5      # half of a layer's units silent over hundreds of examples (AUTOTRAINER/DeepDiagnosis use 0.7 of entries)
+WHOLE_LAYER = 0.9     # nine in ten units dead: the layer is nearly cut, a warning even if the loss still falls
 SATURATED_SHARE = 0.5  # half of the outputs with < 1% of the maximal derivative (DeepDiagnosis: > 50%)
 SLOW_RATIO = 1e-2     # bottom layer's update/weight ratio 100x below the top's
 
@@ -39,10 +40,14 @@ def units_dead(run: Run) -> Finding | None:
     if not dead:
         return None
     worst = max(dead, key=dead.get)
+    _, values = run.loss()
+    hurts = dead[worst] >= WHOLE_LAYER or len(values) < 10 or run.loss_is_poor(values)
     return Finding.make("units.dead",
                         f"{dead[worst]:.0%} of the units after `{worst}` never activate"
-                        + (f" ({len(dead)} layers affected)" if len(dead) > 1 else "") + ".",
-                        evidence={"dead_share": {k: round(v, 3) for k, v in dead.items()}}, where=sorted(dead))
+                        + (f" ({len(dead)} layers affected)" if len(dead) > 1 else "")
+                        + ("." if hurts else "; the model still fits, so this is capacity left unused."),
+                        evidence={"dead_share": {k: round(v, 3) for k, v in dead.items()}}, where=sorted(dead),
+                        severity=None if hurts else "info")
 
 
 @rule("units.saturated")
