@@ -55,7 +55,7 @@ class Doctor:
     """Watches one model (and optionally its optimizer) while it trains."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
-                 sample_every: int = 10, flush_every: int = 20, planned_steps: int | None = None,
+                 sample_every: int = 20, flush_every: int = 20, planned_steps: int | None = None,
                  judge_share: float = JUDGE_SHARE):
         if not isinstance(model, nn.Module):
             raise TypeError(f"watch() needs a torch.nn.Module, not {type(model).__name__}")
@@ -79,6 +79,7 @@ class Doctor:
         self._logged: dict[str, int] = {}
         self._scalars = StepBuffer()
         self._handles: list = []
+        self._sampling: list = []   # activation hooks, attached for sampled steps only
         self._started = time.perf_counter()
         self._judge_seconds = 0.0
         self._flushes = 0
@@ -108,18 +109,29 @@ class Doctor:
             h.append(self.optimizer.register_step_pre_hook(self._before_step))
             h.append(self.optimizer.register_step_post_hook(self._after_step))
         h.append(self.model.register_forward_pre_hook(self._guard_hook([self.sentinel.on_input])))
-        per_module: dict[nn.Module, list] = {}
-        for module, hook in [*self.activations.modules(), *self.sentinel.modules()]:
-            per_module.setdefault(module, []).append(hook)
-        for module, hooks in per_module.items():  # one Python call per module and pass
-            h.append(module.register_forward_hook(self._guard_hook(hooks)))
+        for module, hook in self.sentinel.modules():
+            h.append(module.register_forward_hook(self._guard_hook([hook])))
         for p in self.loop.watched:
             h.append(p.register_hook(self._guard_hook([self.loop.tensor_hook(p)])))
+        self._sample_hooks(self.step % self.sample_every == 0)
+
+    def _sample_hooks(self, on: bool) -> None:
+        """Attach the activation hooks for a sampled step's forward pass; detach them after."""
+        for handle in self._sampling:
+            handle.remove()
+        self._sampling = []
+        if on and self.active:
+            per_module: dict[nn.Module, list] = {}
+            for module, hook in self.activations.modules():
+                per_module.setdefault(module, []).append(hook)
+            self._sampling = [module.register_forward_hook(self._guard_hook(hooks))
+                              for module, hooks in per_module.items()]
 
     def detach(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        self._sample_hooks(False)
         if self.active:
             self.flush()
 
@@ -198,9 +210,9 @@ class Doctor:
         step = self.step
         sampled = step % self.sample_every == 0
         self.sentinel.end_step(step)
-        self.grads.on_step(step, sampled)
         self.loop.on_step(step)
         if sampled:
+            self.grads.on_step(step)
             self.updates.before_step(step)
             self.history["lr"].add(step, float(optimizer.param_groups[0]["lr"]))
 
@@ -212,14 +224,16 @@ class Doctor:
 
     def _step_without_optimizer(self) -> None:
         self.sentinel.end_step(self.step)
-        self.grads.on_step(self.step, self.step % self.sample_every == 0)
+        if self.step % self.sample_every == 0:
+            self.grads.on_step(self.step)
         self.loop.on_step(self.step)
         self._advance()
 
     def _advance(self) -> None:
         self.step += 1
-        self.activations.sampling = self.step % self.sample_every == 0
         self.activations._step = self.step
+        if self._handles:
+            self._sample_hooks(self.step % self.sample_every == 0)
         if self.step % self.flush_every == 0:
             self.flush()
             elapsed = time.perf_counter() - self._started

@@ -11,6 +11,9 @@ under `torch.no_grad()`, such as validation, are ignored).
   outputs across the batch, for `output.collapsed`.
 - Recurrent modules: the last sampled input, kept (a few rows, detached) for the
   through-time gradient probe.
+
+The watcher attaches these hooks only for the forward pass of a sampled step, so the other
+steps do not even pay for a Python call.
 """
 from __future__ import annotations
 
@@ -63,7 +66,6 @@ class ActivationCollector:
     def __init__(self, model: nn.Module, names: dict[nn.Module, str]):
         self.model = model
         self.names = names
-        self.sampling = True
         self.dead = StepBuffer()
         self.saturated = StepBuffer()
         self.positive = StepBuffer()
@@ -86,7 +88,7 @@ class ActivationCollector:
 
     def _hook(self, name: str, kind: str, module: nn.Module):
         def hook(mod, inputs, output):
-            if not (self.sampling and torch.is_grad_enabled()):
+            if not torch.is_grad_enabled():
                 return
             out = first_tensor(output)
             if out is None or not out.is_floating_point():
@@ -124,7 +126,7 @@ class ActivationCollector:
             del self._windows[name]
 
     def _on_output(self, module, inputs, output):
-        if not (self.sampling and torch.is_grad_enabled()):
+        if not torch.is_grad_enabled():
             return
         out = first_tensor(output)
         if out is None or not out.is_floating_point() or out.dim() != 2 or out.shape[0] < 2:

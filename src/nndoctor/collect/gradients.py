@@ -1,9 +1,10 @@
 """Gradients, read at the optimizer step (after any GradScaler unscaling; steps a scaler
 skips never reach the step hook, so they are never judged).
 
-Every step: one norm per parameter, computed on the device with `torch._foreach_norm`.
-Sampled steps: which weight rows got an exactly-zero gradient (a dead unit, however its
-activation was written), and which parameters have no gradient at all.
+On sampled steps only (reading every gradient costs about one extra optimizer pass, ~5% of
+a step on a CPU): one norm per parameter, computed on the device with `torch._foreach_norm`;
+which weight rows got an exactly-zero gradient (a dead unit, however its activation was
+written); and which parameters have no gradient at all.
 """
 from __future__ import annotations
 
@@ -37,14 +38,11 @@ class GradientCollector:
         self._alive: dict[int, torch.Tensor] = {}
         self._window = 0
 
-    def on_step(self, step: int, sampled: bool) -> None:
+    def on_step(self, step: int) -> None:
+        """Called on sampled steps."""
         idx = tuple(i for i, (_, p) in enumerate(self.params) if p.grad is not None)
         if idx:
             self.norms.append(step, idx, norms([self.params[i][1].grad for i in idx]))
-        if sampled:
-            self._sample(step)
-
-    def _sample(self, step: int) -> None:
         self.sampled += 1
         for name, p in self.params:
             if p.grad is None:
@@ -53,7 +51,7 @@ class GradientCollector:
             g = self.params[i][1].grad
             if g is None or g.is_sparse:
                 continue
-            alive = g.detach().flatten(1).ne(0).any(1)
+            alive = torch.linalg.vector_norm(g.detach().flatten(1), dim=1) > 0  # fastest all-zero test per row
             self._alive[i] = alive if i not in self._alive else self._alive[i] | alive
         self._window += 1
         if self._window >= ROW_WINDOW and self._alive:

@@ -17,7 +17,8 @@ RELATIVE_LIMIT = 10.0  # gradient 10x the weights at init; healthy zoo nets star
 TIME_RATIO = 1e-3     # the first time step's influence on the last output below 1e-3 of the last step's
 ZERO_SHARE = 0.9      # exactly-zero gradient on 90% of steps: not chance, a cut in the graph
 PINNED = 1e-3         # total norm within 0.1% of the same value: a clipping threshold, not chance
-PINNED_SHARE = 0.5    # pinned on half of the steps or more
+PINNED_SHARE = 0.5    # pinned on half of the sampled steps or more...
+PINNED_SAMPLES = 10   # ...of at least ten
 
 
 def rms_profile(run: Run) -> tuple[list[str], np.ndarray] | None:
@@ -132,7 +133,7 @@ def grad_zero(run: Run) -> Finding | None:
     zero, total_nonzero = [], False
     for name, _ in run.params:
         s = run.series("grad_norm/" + name)
-        if s is None or len(s) < 10:
+        if s is None or len(s) < 5:
             continue
         v = s.trace()[1]
         if np.mean(v == 0) >= ZERO_SHARE and v[0] == 0:
@@ -169,10 +170,10 @@ def grad_none(run: Run) -> Finding | None:
 @rule("grad.clipped_always")
 def grad_clipped_always(run: Run) -> Finding | None:
     total = run.series("grad_norm/total")
-    if total is None or len(total) < 20:
+    if total is None or len(total) < PINNED_SAMPLES:
         return None
     norms = finite(total.trace()[1])
-    if len(norms) < 20:
+    if len(norms) < PINNED_SAMPLES:
         return None
     cap = float(np.median(norms))
     pinned = np.abs(norms - cap) <= PINNED * cap
