@@ -35,7 +35,7 @@ def check_output_activation(c: Case) -> Finding | None:
     regression a range that holds the targets."""
     if c.trace is None or c.out is None:
         return None
-    act, out, kind, loss_name = c.trace.final_activation(), c.out, c.kind, type(c.loss_fn).__name__
+    act, out, kind = c.trace.final_activation(), c.out, c.kind
     op = act.op if act else None
     where, named = _where(c, act) if act else ("model", "the model's output")
     evidence = {"final_activation": op, "loss": kind, "output_min": float(out.min()), "output_max": float(out.max())}

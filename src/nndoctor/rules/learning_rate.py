@@ -6,7 +6,7 @@ import numpy as np
 
 from ..findings import Finding
 from . import Run, rule
-from .curves import finite, relative_drop, smooth, start_level, steady_decline
+from .curves import finite, relative_drop, smooth, steady_decline
 
 DIVERGE_FACTOR = 4.0   # smoothed loss 4x its start and 4x its best: the LR range test's stop rule (fastai, Lightning)
 HUGE_UPDATE = 0.1      # ||Δw||/||w|| of 0.1 per step: 100x the healthy 1e-3; the weights are rewritten every few steps
@@ -51,8 +51,9 @@ def divergence(run: Run) -> tuple[int, str, dict] | None:
     ok_values = finite(values)
     if not len(ok_values):
         return None
-    # the start: the median of the first few losses, or the very first one if the run blew up sooner
-    start = start_level(values) if len(ok_values) >= 5 and np.isfinite(values[:5]).all() else float(ok_values[0])
+    # the start: the lowest of the first three losses (a fast divergence is already climbing by
+    # the second step; the 4x rule and the smoothing keep one lucky first batch from mattering)
+    start = float(np.min(ok_values[:3]))
     ok = np.isfinite(values)
     level = smooth(np.where(ok, values, np.nanmax(np.where(ok, values, np.nan)) if ok.any() else 0.0), 5)
     best = np.minimum.accumulate(np.where(ok, level, np.inf))
