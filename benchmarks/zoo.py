@@ -49,6 +49,9 @@ def main() -> None:
     sick = [r for r in rows if r["expected"]]
     healthy = [r for r in rows if not r["expected"]]
     ttd = [r["time_to_detect"] for r in sick if r["time_to_detect"] is not None]
+    during = [r["time_to_detect"] for r in sick if r["detected"] and r["first_step"] is not None]
+    print(f"while training: {len(during)} detections, median_ttd {statistics.median(during) if during else float('nan'):.2f} "
+          f"(the others were named before the first step)")
     print(f"zoo: detected {sum(r['detected'] for r in sick)}/{len(sick)} primary {sum(r['primary'] for r in sick)}/{len(sick)} "
           f"false_alarms {sum(r['false_alarm'] for r in healthy)}/{len(healthy)} "
           f"median_ttd {statistics.median(ttd) if ttd else float('nan'):.2f}")

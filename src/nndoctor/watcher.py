@@ -48,14 +48,14 @@ def guarded(method):
 
 
 PROBE_EVERY = 5     # flushes between through-time probes of recurrent modules (one small backward each)
-JUDGE_SHARE = 0.01  # in the user's loop, the rules run at a flush only while they have cost < 1% of the time
+JUDGE_SHARE = 0.005  # in the user's loop, the rules run at a flush only while they have cost < 0.5% of the time
 
 
 class Doctor:
     """Watches one model (and optionally its optimizer) while it trains."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
-                 sample_every: int = 20, flush_every: int = 20, planned_steps: int | None = None,
+                 sample_every: int = 20, flush_every: int = 50, planned_steps: int | None = None,
                  judge_share: float = JUDGE_SHARE):
         if not isinstance(model, nn.Module):
             raise TypeError(f"watch() needs a torch.nn.Module, not {type(model).__name__}")

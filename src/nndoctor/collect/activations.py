@@ -112,8 +112,10 @@ class ActivationCollector:
         if out.dim() < 2:
             return
         unit_dim = 1 if (out.dim() >= 4 or (out.dim() == 3 and self._last_conv)) else out.dim() - 1
+        # the largest value of each unit over the batch (and positions): no copy of the output.
         # NaN counts as fired: a NaN says nothing about the unit being dead (loss.nonfinite covers it)
-        fired = out.movedim(unit_dim, -1).reshape(-1, out.shape[unit_dim]).le(0).logical_not().any(0)
+        peak = torch.amax(out, dim=[d for d in range(out.dim()) if d != unit_dim])
+        fired = peak.le(0).logical_not()
         window = self._windows.get(name)
         if window is None or window.alive.shape != fired.shape:
             window = self._windows[name] = _Window(fired)
