@@ -51,10 +51,10 @@ class Series:
         vals = np.asarray(self.values[:n], dtype=np.float64)
         finite = vals[np.isfinite(vals)]
         mean = float(finite.mean()) if finite.size else float("nan")
-        lo = float(vals.min()) if not finite.size == vals.size else float(finite.min())
-        hi = float(vals.max()) if not finite.size == vals.size else float(finite.max())
-        if finite.size != vals.size:  # keep non-finite values visible in the summary
-            lo, hi = float(np.nanmin(vals)) if finite.size else float("nan"), float("nan")
+        if finite.size == vals.size:
+            lo, hi = float(finite.min()), float(finite.max())
+        else:  # a NaN max marks the bucket as holding non-finite values (any_nonfinite reads it)
+            lo, hi = (float(finite.min()) if finite.size else float("nan")), float("nan")
         self.buckets.append([self.steps[0], self.steps[n - 1], mean, lo, hi, n])
         del self.steps[:n], self.values[:n]
         if len(self.buckets) > BUCKETS:
