@@ -5,7 +5,10 @@ variants alike. Time is this process's CPU time (`time.process_time`), which
 other processes on a shared machine do not inflate; ratios of medians and of best runs are
 printed, and the second plain variant shows the noise floor. CPU, 1 thread, batch 128.
 
-    python benchmarks/overhead.py [--steps 60] [--repeats 7]
+    python benchmarks/overhead.py [--steps 200] [--repeats 9]
+
+With `cockpit-for-pytorch` importable (install it only in a throwaway venv), Cockpit's
+economy and business configurations run side by side.
 """
 from __future__ import annotations
 
@@ -34,6 +37,11 @@ NETS = {"mlp 784-512-512-10": (mlp, (784,)), "cnn 2conv+fc, 28x28": (cnn, (1, 28
 # "plain (again)" measures the noise floor: its ratio to "plain" is what the machine alone does
 VARIANTS = {"plain": None, "plain (again)": None, "watch (default)": {},
             "watch (every step)": {"sample_every": 1, "flush_every": 1}}
+try:  # Cockpit side by side, where it is installed (only ever in a throwaway venv, never in CI)
+    import cockpit  # noqa: F401
+    VARIANTS.update({"cockpit (economy)": "economy", "cockpit (business)": "business"})
+except ImportError:
+    pass
 
 
 def time_steps(build, shape, steps: int, options) -> float:
@@ -53,6 +61,8 @@ def time_steps(build, shape, steps: int, options) -> float:
             if doctor is not None:
                 doctor.log(loss=loss)
 
+    if isinstance(options, str):
+        return time_cockpit(model, opt, x, y, steps, options)
     loop()  # warm-up outside the timing
     start = time.process_time()
     if options is None:
@@ -61,6 +71,30 @@ def time_steps(build, shape, steps: int, options) -> float:
         with nndoctor.watch(model, opt, **options) as doctor:
             loop(doctor)
         doctor.report()
+    return (time.process_time() - start) / steps * 1000
+
+
+def time_cockpit(model, opt, x, y, steps: int, config: str) -> float:
+    """Cockpit's own loop (its README), tracking every step with the given configuration."""
+    from backpack import extend
+    from cockpit import Cockpit
+    from cockpit.utils.configuration import configuration
+    model = extend(model)
+    loss_fn, individual = extend(nn.CrossEntropyLoss()), nn.CrossEntropyLoss(reduction="none")
+    doctor = Cockpit(model.parameters(), quantities=configuration(config))
+
+    def step(i):
+        out = model(x)
+        loss, losses = loss_fn(out, y), individual(out, y)
+        opt.zero_grad()
+        with doctor(i, info={"batch_size": len(x), "individual_losses": losses, "loss": loss, "optimizer": opt}):
+            loss.backward(create_graph=doctor.create_graph(i))
+        opt.step()
+
+    step(0)  # warm-up
+    start = time.process_time()
+    for i in range(1, steps + 1):
+        step(i)
     return (time.process_time() - start) / steps * 1000
 
 
