@@ -170,18 +170,6 @@ class Doctor:
             tensor = value.detach().reshape(()) if isinstance(value, torch.Tensor) else torch.tensor(float(value))
             self._scalars.append(index, (name,), tensor)
 
-    def observe_targets(self, target: torch.Tensor) -> None:
-        """What the labels look like (for output.collapsed); used by diagnose, once."""
-        if self.targets is not None or not isinstance(target, torch.Tensor):
-            return
-        t = target.detach().cpu()
-        if t.dtype in (torch.int64, torch.int32) and t.dim() == 1 and t.numel() and t.min() >= 0:
-            counts = torch.bincount(t)
-            self.targets = {"kind": "classes", "classes": int(counts.numel()),
-                            "top_share": float(counts.max()) / t.numel()}
-        elif t.is_floating_point() and t.numel() > 1:
-            self.targets = {"kind": "values", "std": float(t.float().std())}
-
     def diverged(self, last: int = 10) -> bool:
         """The last `last` logged losses (as of the last flush) are all NaN/Inf."""
         s = self.history.get("loss")
@@ -288,7 +276,6 @@ class Doctor:
         run = Run(history=self.history, step=self.step, planned_steps=self.planned_steps, final=final,
                   model=self.model, optimizer=self.optimizer, params=self.params,
                   module_names=self.module_names, kinds=self.activations.kinds,
-                  last_activation=self.activations.last_activation,
                   origin=self.sentinel.origin, order=self.sentinel.order, none_counts=self.grads.none_counts,
                   sampled=self.grads.sampled, not_in_optimizer=self.not_in_optimizer,
                   loop_steps=self.loop.steps, eval_steps=self.loop.eval_steps,

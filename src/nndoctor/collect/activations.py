@@ -72,7 +72,6 @@ class ActivationCollector:
         self.output = StepBuffer()
         self.kinds: dict[str, str] = {}
         self.rnn_inputs: dict[str, torch.Tensor] = {}
-        self.last_activation: str | None = None   # the final activation of the model, if any
         self._windows: dict[str, _Window] = {}
         self._last_conv = False
         self._step = 0
@@ -94,7 +93,6 @@ class ActivationCollector:
             if out is None or not out.is_floating_point():
                 return
             out = out.detach()
-            self.last_activation = name if kind in ("relu", "saturating") else None
             if kind == "relu":
                 self._relu(name, out)
             elif kind == "saturating":

@@ -68,7 +68,6 @@ class Run:
     params: list = field(default_factory=list)             # [(name, Parameter)] watched
     module_names: dict = field(default_factory=dict)       # module -> name
     kinds: dict = field(default_factory=dict)              # module name -> relu/saturating/weighted/recurrent
-    last_activation: str | None = None
     origin: dict | None = None                             # where non-finite values started
     none_counts: dict = field(default_factory=dict)
     sampled: int = 0
