@@ -111,12 +111,11 @@ class Doctor:
         h.append(self.model.register_forward_pre_hook(self._guard_hook([self.sentinel.on_input])))
         for module, hook in self.sentinel.modules():
             h.append(module.register_forward_hook(self._guard_hook([hook])))
-        for p in self.loop.watched:
-            h.append(p.register_hook(self._guard_hook([self.loop.tensor_hook(p)])))
         self._sample_hooks(self.step % self.sample_every == 0)
 
     def _sample_hooks(self, on: bool) -> None:
-        """Attach the activation hooks for a sampled step's forward pass; detach them after."""
+        """Attach the hooks of a sampled step (activations on its forward pass, stale gradients
+        on its backward); detach them after. Unsampled steps pay for none of them."""
         for handle in self._sampling:
             handle.remove()
         self._sampling = []
@@ -126,6 +125,8 @@ class Doctor:
                 per_module.setdefault(module, []).append(hook)
             self._sampling = [module.register_forward_hook(self._guard_hook(hooks))
                               for module, hooks in per_module.items()]
+            self._sampling += [p.register_hook(self._guard_hook([self.loop.tensor_hook(p)]))
+                               for p in self.loop.watched]
 
     def detach(self) -> None:
         for handle in self._handles:

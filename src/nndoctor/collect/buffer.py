@@ -16,8 +16,10 @@ class StepBuffer:
     def __init__(self):
         self._rows: list[tuple[int, tuple, torch.Tensor]] = []
 
-    def append(self, step: int, key: tuple, row: torch.Tensor) -> None:
-        self._rows.append((step, key, row.detach()))
+    def append(self, step: int, key: tuple, row: torch.Tensor | list[torch.Tensor]) -> None:
+        """`row` is a tensor, or a list of 0-d tensors on one device, stacked only at flush
+        (one stack per flush instead of one per step)."""
+        self._rows.append((step, key, row.detach() if isinstance(row, torch.Tensor) else row))
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -28,10 +30,14 @@ class StepBuffer:
         for step, key, row in self._rows:
             steps, rows = groups.setdefault(key, ([], []))
             steps.append(step)
-            rows.append(row.reshape(-1).float())
+            if isinstance(row, torch.Tensor):
+                rows.append(row.reshape(-1).float())
+            else:
+                rows.extend(row)
         self._rows = []
         out = []
         for key, (steps, rows) in groups.items():
-            values = torch.stack(rows).cpu().numpy().astype(np.float64)  # one transfer per layout
+            values = torch.stack(rows).float().reshape(len(steps), -1)
+            values = values.cpu().numpy().astype(np.float64)  # one transfer per layout
             out.append((key, np.asarray(steps), values))
         return out

@@ -1,7 +1,7 @@
 """The user's training loop: gradients left over from the previous step, and eval mode.
 
-Stale gradients: a tensor hook on the last parameters (the output layer, always on the loss
-path) sees each incoming gradient before it is accumulated into `.grad`. On the first
+Stale gradients: on sampled steps, a tensor hook on the last parameters (the output layer,
+always on the loss path) sees each incoming gradient before it is accumulated into `.grad`. On the first
 backward after an optimizer step, `.grad` should be None or zero; if it still holds the
 previous step's gradient, `zero_grad()` was not called. Deliberate accumulation zeroes
 after each step, so it is not mistaken for the bug.

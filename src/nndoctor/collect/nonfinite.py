@@ -76,9 +76,9 @@ class NonFiniteSentinel:
         if self._sums:
             if not self.order:
                 self.order = [c for c in self._calls if c != INPUT]
-            devices = {s.device for s in self._sums}
-            sums = self._sums if len(devices) == 1 else [s.cpu() for s in self._sums]
-            self.rows.append(step, tuple(self._calls), torch.stack(sums))
+            device = self._sums[0].device
+            sums = [s if s.device == device else s.to(device, non_blocking=True) for s in self._sums]
+            self.rows.append(step, tuple(self._calls), sums)
         self._calls, self._sums = [], []
 
     def flush(self) -> None:
