@@ -15,7 +15,7 @@ from torch import nn
 from .data import as_loader, check_data, sample
 from .findings import Finding, Report
 from .preflight import run_checks
-from .rules import fold
+from .rules import fold, withdraw_contradicted
 from .watcher import Doctor
 
 DEFAULT_EPOCHS = 5
@@ -49,7 +49,7 @@ def diagnose(model, train_data, loss_fn=None, optimizer=None, val_data=None, ste
     model.train(was_training)
     report = doctor.report()
     pre_findings = reconcile(pre_findings, report, targets, notes)
-    findings = pre_findings + report.findings
+    findings = withdraw_contradicted(pre_findings + report.findings, notes)
     if failure is not None and not any(f.code == failure.code for f in findings):
         findings.insert(0, failure)
     fold(findings)

@@ -204,7 +204,7 @@ class Report:
     series: dict = field(default_factory=dict)      # downsampled traces for plots: name -> {"step": [...], "value": [...]}
 
     def __post_init__(self):
-        self.findings = order(self.findings)
+        self.findings = order(merge_repeats(self.findings))
 
     def has(self, code: str) -> bool:
         """True if a finding with this code is at warning or error."""
@@ -256,6 +256,24 @@ class Report:
     def __rich__(self):
         from .report.terminal import renderable
         return renderable(self)
+
+
+def merge_repeats(findings: list[Finding]) -> list[Finding]:
+    """One finding per code. The same code can be found twice (before training and while
+    training, or on the training and validation data): the first in rank speaks for both,
+    the others' messages and evidence travel in its evidence under "also"."""
+    kept: dict[str, Finding] = {}
+    for f in sorted(findings, key=rank):
+        first = kept.setdefault(f.code, f)
+        if first is f:
+            continue
+        also = {"message": f.message, "where": f.where, "step": f.step, "evidence": f.evidence}
+        first.evidence = {**first.evidence, "also": first.evidence.get("also", []) + [_clean(also)]}
+        if f.severity == "error":
+            first.severity = "error"
+        places = [w for x in (first.where, f.where) for w in ([x] if isinstance(x, str) else x or [])]
+        first.where = list(dict.fromkeys(places)) if len(set(places)) > 1 else first.where
+    return [f for f in findings if kept[f.code] is f]
 
 
 def order(findings: list[Finding]) -> list[Finding]:

@@ -68,15 +68,21 @@ def check_not_normalized(c: Case) -> Finding | None:
     if varying.sum() == 0:
         return None
     mean, std = mean[varying], std[varying]
-    rms = float((mean ** 2 + std ** 2).sqrt().median())
+    # The first layer sees all features at once: at a default init its pre-activation scale is
+    # the features' quadratic mean, so one feature in the hundreds (a price, a year) swamps a
+    # dozen standardized ones. The median feature tells whether the inputs as a whole are off.
+    square = mean ** 2 + std ** 2
+    rms = float(square.mean().sqrt())
     spread = float(std.quantile(0.9) / std.quantile(0.1))
     offset = float((mean.abs() / std).median())
-    evidence = {"median_rms": rms, "scale_ratio_p90_p10": spread, "median_abs_mean_over_std": offset,
+    evidence = {"rms": rms, "median_feature_rms": float(square.sqrt().median()), "largest_feature_rms": float(square.max().sqrt()),
+                "scale_ratio_p90_p10": spread, "median_abs_mean_over_std": offset,
                 "min": float(stats["min"].min()), "max": float(stats["max"].max()),
                 "features": int(len(stats["std"])), "axis": stats["axis"]}
     axis = stats["axis"]
     if rms > 5 or rms < 0.01:  # half an order of magnitude above (two below) the unit scale inits assume
-        message = f"Input {axis}s have a typical magnitude of {rms:.3g} (median RMS) instead of about 1."
+        message = (f"Input {axis}s have an RMS of {rms:.3g} instead of about 1 (the largest {axis} "
+                   f"{evidence['largest_feature_rms']:.3g}, the median one {evidence['median_feature_rms']:.3g}).")
     elif spread > 100:  # two orders of magnitude between typical large and small feature scales
         message = f"Input {axis} scales differ by {spread:.3g}x (std of the 90th vs the 10th percentile {axis})."
     elif offset > 10:  # features sit ten of their own stds away from zero: a near-constant offset

@@ -45,6 +45,14 @@ CAUSES = {
     "loss.fluctuation": ("data.unshuffled",),
     "grad.clipped_always": ("lr.too_high",),
     "lr.too_low": ("data.target_scale",),
+    "lr.too_high": ("data.not_normalized", "data.target_scale", "init.scale_mismatch"),
+}
+
+# finding -> findings that, when present, explain its evidence away. Tiny updates mean a rate
+# too low only while gradients flow: dead or identical units, a non-differentiable op, or a
+# rate so high it killed the network (updates ~0 after the blow-up) starve them instead.
+CONTRADICTED_BY = {
+    "lr.too_low": ("lr.too_high", "units.dead", "init.symmetric", "grad.zero"),
 }
 
 
@@ -156,8 +164,22 @@ def judge(run: Run) -> tuple[list[Finding], list[str]]:
             continue
         if found is not None:
             findings.append(found)
+    findings = withdraw_contradicted(findings, notes)
     fold(findings)
     return findings, notes
+
+
+def withdraw_contradicted(findings: list[Finding], notes: list[str]) -> list[Finding]:
+    """Drop findings whose evidence another present finding explains (CONTRADICTED_BY), and say so."""
+    present = {f.code for f in findings if f.is_problem}
+    kept = []
+    for f in findings:
+        by = [c for c in CONTRADICTED_BY.get(f.code, ()) if c in present]
+        if by:
+            notes.append(f"{f.code} withdrawn: its evidence ({f.message}) is explained by {', '.join(by)}")
+        else:
+            kept.append(f)
+    return kept
 
 
 def fold(findings: list[Finding]) -> None:

@@ -118,7 +118,8 @@ def lr_too_low(run: Run) -> Finding | None:
         lr = _lr(run)
         return Finding.make("lr.too_low",
                             f"The largest update is {top:.2g} of the weights per step (healthy is about 1e-3) and "
-                            f"the loss fell only {max(drop, 0):.1%}: the learning rate {lr} is too low.",
+                            f"the loss is still poor ({max(drop, 0):.0%} below its start): the learning rate {lr} "
+                            f"is too low.",
                             evidence={"top_update_ratio": top, "layer": layer, "loss_drop": drop, "lr": lr})
     return None
 
