@@ -15,7 +15,7 @@ from torch import nn
 from .data import as_loader, check_data, sample
 from .findings import Finding, Report
 from .preflight import run_checks
-from .rules import fold, withdraw_contradicted
+from .rules import attribute_depth, fold, withdraw_contradicted
 from .watcher import Doctor
 
 DEFAULT_EPOCHS = 5
@@ -49,7 +49,7 @@ def diagnose(model, train_data, loss_fn=None, optimizer=None, val_data=None, ste
     model.train(was_training)
     report = doctor.report()
     pre_findings = reconcile(pre_findings, report, targets, notes)
-    findings = withdraw_contradicted(pre_findings + report.findings, notes)
+    findings = attribute_depth(withdraw_contradicted(pre_findings + report.findings, notes), notes)
     if failure is not None and not any(f.code == failure.code for f in findings):
         findings.insert(0, failure)
     fold(findings)
@@ -70,8 +70,11 @@ def reconcile(pre_findings: list[Finding], report: Report, targets: dict | None,
     if not baseline or not series or not any(f.code == "data.no_signal" for f in pre_findings):
         return pre_findings
     values = [v for v in series["value"] if isinstance(v, float) and math.isfinite(v)]
-    if values and min(values[-3:]) <= LEARNED * baseline:
-        notes.append(f"data.no_signal withdrawn: the run reached a loss of {min(values[-3:]):.3g}, "
+    # held-out data beating the baseline at any point proves signal; training data only at the end
+    # (a net can memorize even shuffled labels on the way)
+    reached = min(values if "val_loss" in report.series else values[-3:], default=math.inf)
+    if reached <= LEARNED * baseline:
+        notes.append(f"data.no_signal withdrawn: the run reached a loss of {reached:.3g}, "
                      f"below the label-prior baseline {baseline:.3g}, so the inputs do carry signal")
         return [f for f in pre_findings if f.code != "data.no_signal"]
     return pre_findings

@@ -296,10 +296,12 @@ def check_depth(c: Case) -> Finding | None:
     depth = len(c.trace.layers)
     if depth <= 10 or c.trace.norms or c.trace.residual_adds:
         return None
+    hidden = [c.trace.next_op(l.event) for l in c.trace.layers[:-1]]
+    activations = {op: hidden.count(op) for op in dict.fromkeys(hidden) if op}
     return Finding.make(
         "arch.too_deep",
         f"{depth} weight layers in a plain stack, with no normalization layer and no skip connection.",
-        evidence={"depth": depth, "norm_layers": 0, "residual_adds": 0},
+        evidence={"depth": depth, "norm_layers": 0, "residual_adds": 0, "activations": activations},
         where=[f"model.{l.name}" for l in c.trace.layers],
         fix="Start with 3-8 layers; to go deeper add `nn.BatchNorm1d(width)` (or `nn.LayerNorm(width)`) after each "
             "`nn.Linear`, and residual connections `x = x + block(x)`.")

@@ -9,8 +9,8 @@ Both start from the copy that the structure trace ran (so lazy layers are initia
    findings that explain it (`explained_by`) and the finding is folded under the first of them.
 2. `data.no_signal`: only once (1) shows the model can learn and no model or loss finding could
    explain poor generalization instead (a saturated net generalizes badly from any data). Fit ~40 full-batch steps on up to
-   256 rows with the real inputs and, from the same init, with the inputs zeroed; compare the loss
-   on up to 256 held-out rows. Real inputs that do no better than zeros carry no signal.
+   256 rows with the real inputs and, from the same init, with the inputs zeroed; compare the best
+   loss on up to 256 held-out rows along each fit. Real inputs that do no better than zeros carry no signal.
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ LR = 3e-3             # Adam: fast enough for a few dozen steps, stable for MLPs
 OVERFIT_ROWS, OVERFIT_STEPS = 16, 200
 FITTED = 0.2          # overfit: at most a fifth of the constant guess's loss left (healthy nets reach it in ~20-40 steps)
 SIGNAL_ROWS, SIGNAL_STEPS = 512, 40
+SIGNAL_MIN_ROWS = 128  # half to fit, half held out: below 64 held-out rows a wide net's overconfidence hides real signal
 TIME_BUDGET = 5.0     # seconds per fit
 LINEAR_STEPS = 100    # full-batch Adam steps for the linear reference learner
 EASIER = 0.8          # real labels fitted to 80% of the loss of permuted labels: they follow the inputs
@@ -64,8 +65,9 @@ class OutOfTime(Exception):
     """A probe hit its time budget (a large model): no verdict rather than a slow checkup."""
 
 
-def fit(model, x, y, loss_fn, steps: int, stop_below: float = -math.inf) -> list[float]:
-    """Train `model` (a copy) full-batch with Adam; the losses, stopping early below `stop_below`."""
+def fit(model, x, y, loss_fn, steps: int, stop_below: float = -math.inf, after_step=None) -> list[float]:
+    """Train `model` (a copy) full-batch with Adam; the losses, stopping early below `stop_below`.
+    `after_step(t, model)`, when given, is called after each update (e.g. to score held-out rows)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         return []
@@ -84,7 +86,28 @@ def fit(model, x, y, loss_fn, steps: int, stop_below: float = -math.inf) -> list
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if after_step is not None:
+            after_step(t, model)
     return losses
+
+
+def best_heldout(model, x, y, xv, yv, loss_fn, steps: int, every: int = 5) -> tuple[list[float], float | None]:
+    """Fit on (x, y) and score (xv, yv) every `every` steps: (training losses, best held-out loss).
+    The best point, not the last, so a small training split that overfits in the fit (a wide net
+    on 30 rows) still shows what its inputs can tell about held-out targets."""
+    scores = []
+
+    def score(t, m):
+        if t % every == 0 or t == steps:
+            m.eval()
+            with torch.no_grad():
+                value, _ = run_loss(loss_fn, first_tensor(m(xv)), yv)
+            m.train()
+            scores.append(float(value) if value is not None else math.nan)
+
+    losses = fit(model, x, y, loss_fn, steps, after_step=score)
+    finite = [v for v in scores if math.isfinite(v)]
+    return losses, (min(finite) if finite and len(finite) == len(scores) else None)
 
 
 def _diverse_rows(c: Case, n: int) -> torch.Tensor:
@@ -147,11 +170,8 @@ def linear_probe(c: Case, x, y, xv, yv) -> float | None:
     mean, std = flat.mean(0), flat.std(0)
     std = torch.where(std > 1e-6, std, torch.ones_like(std))  # constant features: centred, not blown up
     flat, flat_v = ((flat - mean) / std).float(), ((flat_v - mean) / std).float()
-    model = nn.Linear(flat.shape[1], out.shape[1])
-    fit(model, flat, y, c.loss_fn, LINEAR_STEPS)
-    with torch.no_grad():
-        value, _ = run_loss(c.loss_fn, model(flat_v), yv)
-    return float(value) if value is not None and math.isfinite(float(value)) else None
+    _, best = best_heldout(nn.Linear(flat.shape[1], out.shape[1]), flat, y, flat_v, yv, c.loss_fn, LINEAR_STEPS)
+    return best
 
 
 def check_no_signal(c: Case) -> Finding | None:
@@ -161,21 +181,19 @@ def check_no_signal(c: Case) -> Finding | None:
     if confounders:
         c.notes.append(f"The no-signal test was skipped: {', '.join(confounders)} would confound it.")
         return None
-    if n < 32:
+    if n < SIGNAL_MIN_ROWS:
+        c.notes.append(f"The no-signal test was skipped: {n} rows are too few to tell a weak signal from noise on "
+                       f"held-out rows (it needs {SIGNAL_MIN_ROWS}).")
         return None
     half = n // 2
     x, y, xv, yv = c.X[:half], c.y[:half], c.X[half:n], c.y[half:n]
     held, trained = {}, {}  # held-out and final training loss per fit
     for name, inputs, held_in in (("real", x, xv), ("zeroed", torch.zeros_like(x), torch.zeros_like(xv))):
-        model = deepcopy(c.probe)
-        losses = fit(model, inputs, y, c.loss_fn, SIGNAL_STEPS)
+        losses, best = best_heldout(deepcopy(c.probe), inputs, y, held_in, yv, c.loss_fn, SIGNAL_STEPS)
         trained[name] = losses[-1] if losses else math.nan
-        model.eval()
-        with torch.no_grad():
-            value, _ = run_loss(c.loss_fn, first_tensor(model(held_in)), yv)
-        if value is None or not math.isfinite(float(value)):
+        if best is None:
             return None
-        held[name] = float(value)
+        held[name] = best
     real, zeroed = held["real"], held["zeroed"]
     c.meta["no_signal"] = {"heldout_loss_real": real, "heldout_loss_zeroed": zeroed, "train_loss_real": trained["real"]}
     if real < 0.95 * zeroed:  # real inputs explain at least 5% of the loss a blind guess leaves

@@ -169,6 +169,34 @@ def judge(run: Run) -> tuple[list[Finding], list[str]]:
     return findings, notes
 
 
+SATURATING = ("sigmoid", "tanh", "hardtanh", "softsign", "hardsigmoid", "logsigmoid")
+
+
+def attribute_depth(findings: list[Finding], notes: list[str]) -> list[Finding]:
+    """A deep plain stack of sigmoid/tanh layers whose gradient is seen vanishing: the activation
+    is the root (each one passes back at most 1/4 (sigmoid) of the gradient; ReLU and a matching
+    init train the same depth), so report grad.vanishing with the depth as its evidence rather
+    than arch.too_deep. A deep ReLU stack stays arch.too_deep: depth itself is its problem."""
+    deep = next((f for f in findings if f.code == "arch.too_deep"), None)
+    vanishing = next((f for f in findings if f.code == "grad.vanishing" and f.is_problem), None)
+    if deep is None or vanishing is None:
+        return findings
+    activations = deep.evidence.get("activations") or {}
+    saturating = sum(n for op, n in activations.items() if op in SATURATING)
+    if not activations or saturating < 0.5 * sum(activations.values()):
+        return findings
+    vanishing.evidence = {**vanishing.evidence, "plain_depth": deep.evidence.get("depth"), "activations": activations}
+    vanishing.message += (f" The network is a plain stack of {deep.evidence.get('depth')} weight layers with "
+                          f"{saturating} saturating activations and no normalization or skip connection.")
+    vanishing.cause = None
+    notes.append("arch.too_deep folded into grad.vanishing: the gradient vanishes through the saturating "
+                 "activations of the plain stack")
+    for f in findings:
+        if f.cause == "arch.too_deep":  # what depth explained, the vanishing gradient now explains
+            f.cause = "grad.vanishing"
+    return [f for f in findings if f is not deep]
+
+
 def withdraw_contradicted(findings: list[Finding], notes: list[str]) -> list[Finding]:
     """Drop findings whose evidence another present finding explains (CONTRADICTED_BY), and say so."""
     present = {f.code for f in findings if f.is_problem}
