@@ -1,6 +1,8 @@
 """What kind of loss the user gave, and running it without letting it raise."""
 from __future__ import annotations
 
+import math
+
 import warnings
 
 import torch
@@ -46,6 +48,16 @@ def run_loss(loss_fn, out: torch.Tensor, y: torch.Tensor):
     if value is not None and (not isinstance(value, torch.Tensor) or value.numel() != 1):
         value, error = None, ValueError("the loss did not return a scalar tensor")
     return value, error
+
+
+def loss_floor(loss_fn, classes: int | None) -> float:
+    """The lowest value the loss can reach on fitted data: 0, except cross-entropy with label
+    smoothing eps, whose target keeps eps/C on every class, so its entropy stays in the loss."""
+    eps = float(getattr(loss_fn, "label_smoothing", 0.0) or 0.0)
+    if not eps or not classes or classes < 2 or loss_kind(loss_fn) != "cross_entropy":
+        return 0.0
+    top, rest = 1 - eps + eps / classes, eps / classes
+    return float(-(top * math.log(top) + (classes - 1) * rest * math.log(rest)))
 
 
 def ignore_index(loss_fn) -> int | None:

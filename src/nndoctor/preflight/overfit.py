@@ -24,7 +24,7 @@ from torch import nn
 
 from ..findings import Finding
 from .case import Case, class_labels
-from .losses import BINARY, run_loss
+from .losses import BINARY, loss_floor, run_loss
 from .structure import first_tensor
 
 LR = 3e-3             # Adam: fast enough for a few dozen steps, stable for MLPs, CNNs, RNNs, transformers
@@ -134,14 +134,16 @@ def check_overfit_batch(c: Case) -> tuple[Finding | None, bool]:
     if reference is None or not float(reference) > 1e-8:
         return None, False
     reference = float(reference)
-    losses = fit(model, x, y, c.loss_fn, OVERFIT_STEPS, stop_below=FITTED * reference)
+    floor = loss_floor(c.loss_fn, out.shape[1] if out.dim() >= 2 else None)
+    target = floor + FITTED * (reference - floor)
+    losses = fit(model, x, y, c.loss_fn, OVERFIT_STEPS, stop_below=target)
     if not losses:
         c.notes.append("The overfit test was skipped: the model has no trainable parameters.")
         return None, False
     best = min((v for v in losses if math.isfinite(v)), default=math.inf)
     c.meta["overfit_batch"] = {"rows": len(rows), "steps": len(losses), "initial_loss": losses[0], "best_loss": best,
                                "constant_guess_loss": reference}
-    if best < FITTED * reference:
+    if best < target:
         return None, True
     explained = [code for code in EXPLAINERS if c.has(code)]
     reason = f"explained by {', '.join(explained)}" if explained else \

@@ -1,0 +1,94 @@
+"""Setups written from scratch, outside the zoo, in the style users write them: each one once
+got a wrong verdict (a false alarm or the wrong root cause) and is kept here so it stays right."""
+import numpy as np
+import pytest
+import torch
+from sklearn import datasets
+from torch import nn
+
+import nndoctor
+
+
+def split(X, y, standardize=True, regression=False):
+    rng = np.random.RandomState(0)
+    order = rng.permutation(len(X))
+    n = int(0.8 * len(X))
+    X = X.astype(np.float32)
+    if standardize:
+        train = X[order[:n]]
+        X = ((X - train.mean(0)) / train.std(0).clip(1e-8)).astype(np.float32)
+    X, y = torch.tensor(X), torch.tensor(y, dtype=torch.float32 if regression else torch.long)
+    return (X[order[:n]], y[order[:n]]), (X[order[n:]], y[order[n:]])
+
+
+def mlp(inputs, width, outputs, depth=1, act=nn.ReLU):
+    layers, w = [], inputs
+    for _ in range(depth):
+        layers += [nn.Linear(w, width), act()]
+        w = width
+    return nn.Sequential(*layers, nn.Linear(w, outputs))
+
+
+def classes3():
+    return datasets.make_classification(1200, 20, n_informative=10, n_classes=3, random_state=0)
+
+
+def wine_raw():
+    """Wine's proline feature is in the hundreds, most others near 1 (median feature RMS 2.6)."""
+    train, val = split(*datasets.load_wine(return_X_y=True), standardize=False)
+    model = mlp(13, 64, 3)
+    return model, train, val, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), 0.01, momentum=0.9), 16
+
+
+def sigmoid_stack():
+    """Ten plain sigmoid layers: arch.too_deep also holds, but the gradient vanishes through the sigmoids."""
+    train, val = split(*classes3())
+    model = mlp(20, 64, 3, depth=10, act=nn.Sigmoid)
+    return model, train, val, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), 0.1), 64
+
+
+def dead_by_bias():
+    """Hidden biases at -5 kill the ReLUs: updates are tiny because no gradient flows, not because of the rate."""
+    train, val = split(*classes3())
+    model = mlp(20, 64, 3, depth=3)
+    for layer in model:
+        if isinstance(layer, nn.Linear) and layer.out_features == 64:
+            nn.init.constant_(layer.bias, -5.0)
+    return model, train, val, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), 0.05), 64
+
+
+def wide_net_60_rows():
+    """60 training rows for a 512-wide net: it memorizes; the inputs do carry signal."""
+    X, y = classes3()
+    train, val = split(X[:300], y[:300])
+    model = mlp(20, 512, 3, depth=2)
+    return model, (train[0][:60], train[1][:60]), val, nn.CrossEntropyLoss(), torch.optim.Adam(model.parameters(), 1e-3), 20
+
+
+def label_smoothing():
+    """Label smoothing 0.1 keeps the loss above ~0.5 on 10 classes however well the net fits."""
+    train, val = split(*datasets.load_digits(return_X_y=True))
+    model = mlp(64, 128, 10, depth=2, act=nn.GELU)
+    return (model, train, val, nn.CrossEntropyLoss(label_smoothing=0.1), torch.optim.RMSprop(model.parameters(), 1e-3), 64)
+
+
+@pytest.mark.parametrize("build, root, absent", [
+    (wine_raw, "data.not_normalized", ["lr.too_low"]),
+    (sigmoid_stack, "grad.vanishing", ["arch.too_deep"]),
+    (dead_by_bias, "units.dead", ["lr.too_low"]),
+    (wide_net_60_rows, "fit.overfitting", ["data.no_signal"]),
+    (label_smoothing, None, []),
+], ids=["wine-raw", "sigmoid-10", "bias=-5", "60-rows", "label-smoothing"])
+def test_fresh_setup_gets_the_right_verdict(build, root, absent):
+    torch.manual_seed(0)
+    model, train, val, loss_fn, optimizer, batch = build()
+    steps = 600 if build is wide_net_60_rows else None
+    report = nndoctor.diagnose(model, train, loss_fn=loss_fn, optimizer=optimizer, val_data=val,
+                               batch_size=batch, steps=steps)
+    found = [f.code for f in report.findings if f.is_problem]
+    if root is None:
+        assert found == [], report
+    else:
+        assert found and found[0] == root, report
+    assert not set(absent) & set(found), report
+    assert len(found) == len(set(found)), "one finding per code"
