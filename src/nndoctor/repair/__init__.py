@@ -27,7 +27,7 @@ import torch
 from ..findings import Finding, Report
 from .lr_finder import LRRange, find_lr
 from .restarts import Restarts, restarts
-from .strategies import STRATEGIES, Context, code_fix
+from .strategies import CODE_FIXES, STRATEGIES, Context, code_fix
 from .trial import OptimizerSpec, Outcome, Trial, better, metrics
 
 BUDGET = 6   # re-runs per repair: a root cause, a fallback, and what the fixed run reveals next
@@ -118,8 +118,7 @@ def repair(model, train_data, loss_fn=None, optimizer=None, val_data=None, steps
         handled.add(finding.code)
         strategy = table.get(finding.code)
         if strategy is None:
-            not_repaired.append(Change(finding.code, f"Needs a change in your code: {finding.fix}", code_fix(finding),
-                                       status="code fix"))
+            not_repaired.append(_unrepairable(finding))
             continue
         kept, tried = None, []
         for attempt in strategy(current.trial, finding, ctx):
@@ -142,12 +141,11 @@ def repair(model, train_data, loss_fn=None, optimizer=None, val_data=None, steps
         elif tried:
             attempt, why, now, then = tried[0]
             others = f" ({len(tried) - 1} more attempt(s) also rolled back)" if len(tried) > 1 else ""
-            not_repaired.append(Change(finding.code, f"Not repaired, rolled back: {attempt.description} {why}{others}.",
+            not_repaired.append(Change(finding.code, f"Tried and rolled back ({why}{others}): {attempt.description}",
                                        attempt.snippet, status="not repaired",
                                        evidence={"before": now, "after": then}))
         else:
-            not_repaired.append(Change(finding.code, f"No repair from outside your code: {finding.fix}",
-                                       code_fix(finding), status="code fix"))
+            not_repaired.append(_unrepairable(finding))
     relabel = current.trial.relabel
     summary = {"before": metrics(first, train_data, val_data, loss_fn, relabel),
                "after": metrics(current, train_data, val_data, loss_fn, relabel)}
@@ -159,6 +157,13 @@ def repair(model, train_data, loss_fn=None, optimizer=None, val_data=None, steps
     return Repair(before=first.report, after=current.report, changes=changes, not_repaired=not_repaired,
                   improved=improved, model=current.model, optimizer=current.optimizer, metrics=summary,
                   lr_range=lr_range, seconds=round(time.perf_counter() - started, 3))
+
+
+def _unrepairable(finding: Finding) -> Change:
+    """A finding no strategy can fix from outside: the code to write, or the registry's advice."""
+    if finding.code in CODE_FIXES:
+        return Change(finding.code, f"Needs a change in your code: {finding.fix}", code_fix(finding), status="code fix")
+    return Change(finding.code, f"No automatic repair: {finding.fix}", code_fix(finding), status="not repaired")
 
 
 def _next(report: Report, handled: set[str]) -> Finding | None:

@@ -108,7 +108,7 @@ def judge(seeds: list[int], finals: list[float], noise: list[float]) -> Restarts
     stuck = len(high) + sum(not math.isfinite(f) for f in finals)
     result.finding = Finding.make(
         "optimum.local",
-        f"{stuck} of {len(finals)} runs from other random weights end at a loss of {high[0]:.3g} or more, "
+        f"{stuck} of {len(finals)} runs from different random weights end at a loss of {high[0]:.3g} or more, "
         f"the best at {low[0]:.3g}: a gap {gap / max(typical_noise, 1e-12):.0f}x the runs' own noise.",
         evidence={"seeds": seeds, "final_losses": finals, "tail_std": noise, "gap": gap,
                   "typical_noise": typical_noise, "best_seed": best_seed},

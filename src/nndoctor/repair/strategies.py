@@ -202,8 +202,15 @@ def _is_last(model: nn.Module, module: nn.Module) -> bool:
 
 
 def _as_lstm(rnn: nn.RNN) -> nn.LSTM:
-    return nn.LSTM(rnn.input_size, rnn.hidden_size, num_layers=rnn.num_layers, bias=rnn.bias,
+    """An LSTM of the same shape, forget-gate bias 1 (Jozefowicz et al., 2015): it remembers by default."""
+    lstm = nn.LSTM(rnn.input_size, rnn.hidden_size, num_layers=rnn.num_layers, bias=rnn.bias,
                    batch_first=rnn.batch_first, dropout=rnn.dropout, bidirectional=rnn.bidirectional)
+    if rnn.bias:
+        with torch.no_grad():
+            for name, value in lstm.named_parameters():
+                if name.startswith("bias_ih"):
+                    value[rnn.hidden_size:2 * rnn.hidden_size].fill_(1.0)  # gates: input, forget, cell, output
+    return lstm
 
 
 @strategy("grad.exploding")
@@ -213,6 +220,15 @@ def tame_gradients(trial: Trial, finding: Finding, ctx: Context) -> Iterator[Att
     clipped = trial.replace(clip=1.0)
     yield Attempt(clipped, "Gradient norm clipped at 1.0 (a last resort: it hides, not removes, the cause).",
                   "torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)  # between backward() and step()")
+
+
+@strategy("layers.slow_bottom")
+def even_rates(trial: Trial, finding: Finding, ctx: Context) -> Iterator[Attempt]:
+    rates = [float(o.get("lr", 0.0)) for _, o in trial.optimizer.groups]
+    if len(rates) > 1 and min(rates) < max(rates) / 100:
+        changed = trial.replace(optimizer=trial.optimizer.with_options(lr=max(rates)))
+        yield Attempt(changed, f"Every parameter group at lr={max(rates):.3g} (the bottom group had {min(rates):.3g}).",
+                      changed.optimizer.snippet())
 
 
 # the loss over time ------------------------------------------------------------------------
