@@ -26,7 +26,7 @@ import torch
 
 from ..findings import Finding, Report
 from .lr_finder import LRRange, find_lr
-from .restarts import Restarts, restarts
+from .restarts import Restarts, restarts, with_restarts
 from .strategies import CODE_FIXES, STRATEGIES, Context, code_fix
 from .trial import OptimizerSpec, Outcome, Trial, better, metrics
 
@@ -179,12 +179,7 @@ def _next(report: Report, handled: set[str]) -> Finding | None:
 
 
 def _with_restarts(report: Report, trial: Trial, runs: int) -> Report:
-    """The report with `optimum.local` added when restarts from other seeds split."""
     model = copy.deepcopy(trial.model)
     found = restarts(model, trial.train, loss_fn=trial.loss_fn, optimizer=trial.optimizer.build(model),
                      steps=trial.steps or 200, batch_size=trial.batch_size, seed=trial.seed, runs=runs)
-    report.meta["restarts"] = {"seeds": found.seeds, "final_losses": found.finals, "tail_std": found.noise}
-    if found.finding is None:
-        return report
-    return Report(findings=report.findings + [found.finding], meta=report.meta, notes=report.notes,
-                  series=report.series)
+    return with_restarts(report, found)

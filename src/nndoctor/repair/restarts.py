@@ -89,6 +89,16 @@ def _short_run(model, optimizer, train_data, loss_fn, steps, batch_size, seed) -
     return (mean, std) if math.isfinite(mean) else (math.inf, 0.0)
 
 
+def with_restarts(report, result: Restarts):
+    """`report` with the restarts' numbers in its meta and their finding, if any, among its findings."""
+    from ..findings import Report
+    report.meta["restarts"] = {"seeds": result.seeds, "final_losses": result.finals, "tail_std": result.noise}
+    if result.finding is None:
+        return report
+    return Report(findings=report.findings + [result.finding], meta=report.meta, notes=report.notes,
+                  series=report.series)
+
+
 def judge(seeds: list[int], finals: list[float], noise: list[float]) -> Restarts:
     """`optimum.local` when the sorted final losses have a gap wider than SEPARATION times the
     runs' typical noise and SPREAD times the spread inside the groups on either side."""

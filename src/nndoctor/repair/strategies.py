@@ -201,15 +201,18 @@ def _is_last(model: nn.Module, module: nn.Module) -> bool:
     return bool(leaves) and leaves[-1] is module
 
 
+FORGET_BIAS = 3.0  # Jozefowicz et al. (2015) recommend >= 1; long delays need the cell to remember from step 0
+
+
 def _as_lstm(rnn: nn.RNN) -> nn.LSTM:
-    """An LSTM of the same shape, forget-gate bias 1 (Jozefowicz et al., 2015): it remembers by default."""
+    """An LSTM of the same shape whose forget gates start open: it remembers by default."""
     lstm = nn.LSTM(rnn.input_size, rnn.hidden_size, num_layers=rnn.num_layers, bias=rnn.bias,
                    batch_first=rnn.batch_first, dropout=rnn.dropout, bidirectional=rnn.bidirectional)
     if rnn.bias:
         with torch.no_grad():
             for name, value in lstm.named_parameters():
                 if name.startswith("bias_ih"):
-                    value[rnn.hidden_size:2 * rnn.hidden_size].fill_(1.0)  # gates: input, forget, cell, output
+                    value[rnn.hidden_size:2 * rnn.hidden_size].fill_(FORGET_BIAS)  # gates: input, forget, cell, output
     return lstm
 
 
@@ -418,10 +421,9 @@ def relabel(trial: Trial, finding: Finding, ctx: Context) -> Iterator[Attempt]:
     if kind in ("cross_entropy", "nll") and not y.is_floating_point() and out is not None and out.dim() == 2:
         if len(values) > out.shape[1]:
             return
-        lookup = {int(v): i for i, v in enumerate(values.tolist())}
         def remap(t):
-            return t.clone().apply_(lambda v: lookup.get(int(v), int(v)))
-        text = ", ".join(f"{v}->{i}" for v, i in list(lookup.items())[:4]) + (", ..." if len(lookup) > 4 else "")
+            return torch.searchsorted(values.to(t.device), t)
+        text = ", ".join(f"{v}->{i}" for i, v in enumerate(values.tolist()[:4])) + (", ..." if len(values) > 4 else "")
         snippet = ("classes = torch.unique(y)\ny = torch.searchsorted(classes, y)  # labels 0..C-1; "
                    "class k of the output means label classes[k]")
     elif kind in ("bce", "bce_logits") and y.is_floating_point() and len(values) == 2:

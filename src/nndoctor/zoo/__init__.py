@@ -56,12 +56,7 @@ def run(scenario: Scenario | str, seed: int = 0, doctor_kwargs: dict | None = No
 
 def with_restarts(report, setup: Setup, seed: int):
     """The report with the restarts' verdict added (a fresh setup: diagnose trained the other)."""
-    from ..findings import Report
     from ..repair import restarts
-    found = restarts(setup.model, setup.train_data, loss_fn=setup.loss_fn, optimizer=setup.optimizer,
-                     steps=setup.steps, batch_size=setup.batch_size, seed=seed)
-    report.meta["restarts"] = {"seeds": found.seeds, "final_losses": found.finals, "tail_std": found.noise}
-    if found.finding is None:
-        return report
-    return Report(findings=report.findings + [found.finding], meta=report.meta, notes=report.notes,
-                  series=report.series)
+    from ..repair.restarts import with_restarts as add
+    return add(report, restarts(setup.model, setup.train_data, loss_fn=setup.loss_fn, optimizer=setup.optimizer,
+                                steps=setup.steps, batch_size=setup.batch_size, seed=seed))
