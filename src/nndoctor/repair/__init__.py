@@ -28,7 +28,7 @@ from ..findings import Finding, Report
 from .lr_finder import LRRange, find_lr
 from .restarts import Restarts, restarts, with_restarts
 from .strategies import CODE_FIXES, STRATEGIES, Context, code_fix
-from .trial import OptimizerSpec, Outcome, Trial, better, metrics
+from .trial import OptimizerSpec, Trial, better, metrics
 
 BUDGET = 6   # re-runs per repair: a root cause, a fallback, and what the fixed run reveals next
 

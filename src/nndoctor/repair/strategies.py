@@ -367,7 +367,7 @@ def standardize_targets(trial: Trial, finding: Finding, ctx: Context) -> Iterato
                          outputs=outputs)
     yield Attempt(changed, f"Targets standardized (mean {float(mean):.3g}, std {float(std):.3g}) for training; the "
                   "inverse sits behind the model, so it answers in the original units.",
-                  f"mean, std = y_train.mean(), y_train.std()\ny = (y - mean) / std  # train on this\n"
+                  "mean, std = y_train.mean(), y_train.std()\ny = (y - mean) / std  # train on this\n"
                   "prediction = model(x) * std + mean  # back in the original units")
 
 

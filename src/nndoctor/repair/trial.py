@@ -12,7 +12,7 @@ import copy
 import inspect
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -141,7 +141,6 @@ class Trial:
     relabel: Callable | None = None    # targets as the repaired model answers them
     schedule: str | None = None        # "cosine": the rate decays to 0 over the run
     clip: float | None = None          # gradient-norm clipping threshold
-    notes: tuple[str, ...] = field(default=())
 
     def replace(self, **changes) -> "Trial":
         return replace(self, **changes)
@@ -172,9 +171,6 @@ class Trial:
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, self.steps or 1))
             handles.append(optimizer.register_step_post_hook(lambda *_: scheduler.step()))
         return handles
-
-    def targets(self, y: torch.Tensor) -> torch.Tensor:
-        return self.relabel(y) if self.relabel is not None else y
 
 
 # data ------------------------------------------------------------------------------------
@@ -262,7 +258,7 @@ ACCURACY_MARGIN = 0.01  # one point of accuracy
 def better(after: dict, before: dict) -> bool:
     """Measurably better on validation loss or accuracy (else on the training loss), and not
     worse on the other."""
-    side = "val" if f"val_loss" in after else "train"
+    side = "val" if "val_loss" in after else "train"
     loss_a, loss_b = after.get(f"{side}_loss", math.nan), before.get(f"{side}_loss", math.nan)
     acc_a, acc_b = after.get(f"{side}_accuracy"), before.get(f"{side}_accuracy")
     if not math.isfinite(loss_a):
