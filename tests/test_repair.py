@@ -182,3 +182,32 @@ def test_contract_shape_on_a_plain_net():
     assert fix.improved and [c.code for c in fix.changes][:1] == ["lr.too_high"]
     assert set(fix.metrics) == {"before", "after"} and "train_loss" in fix.metrics["after"]
     assert all(c.code and c.description and c.snippet for c in fix.changes)
+
+
+def direct_attempt(name, code, **setup_changes):
+    """Run a strategy's first attempt against the setup it starts from (for codes whose
+    finding no zoo run names as its root: the repair loop would reach them only as symptoms)."""
+    from nndoctor.findings import Finding
+    from nndoctor.repair.strategies import STRATEGIES, Context
+    from nndoctor.repair.trial import OptimizerSpec, Trial, better, metrics
+    setup = zoo.get(name).build(0)
+    for key, value in setup_changes.items():
+        setattr(setup, key, value)
+    trial = Trial(model=setup.model, optimizer=OptimizerSpec.of(setup.optimizer, setup.model), loss_fn=setup.loss_fn,
+                  train=setup.train_data, val=setup.val_data, steps=setup.steps, batch_size=setup.batch_size, seed=0)
+    attempt = next(STRATEGIES[code](trial, Finding.make(code, "given"), Context()))
+    before, after = trial.run(), attempt.trial.run()
+    return attempt, (metrics(before, setup.train_data, setup.val_data, setup.loss_fn, None),
+                     metrics(after, setup.train_data, setup.val_data, setup.loss_fn, None), better)
+
+
+def test_smaller_batch_helps_a_full_batch_run():
+    attempt, (before, after, better) = direct_attempt("mlp-digits/sgd-momentum", "batch.too_large",
+                                                      batch_size=1024, steps=60)
+    assert attempt.trial.batch_size == 256 and attempt.trial.steps == 240
+    assert better(after, before), (before, after)
+
+
+def test_oscillation_strategy_steadies_a_swinging_run():
+    attempt, (before, after, better) = direct_attempt("mlp-digits/adam-lr=0.3-batch=256", "loss.oscillation")
+    assert attempt.trial.optimizer.lr < 0.3 and better(after, before), (before, after)

@@ -290,10 +290,12 @@ def loosen(trial: Trial, finding: Finding, ctx: Context) -> Iterator[Attempt]:
 @strategy("batch.too_large")
 def smaller_batch(trial: Trial, finding: Finding, ctx: Context) -> Iterator[Attempt]:
     size = trial.batch_size or 64
-    if size > 32:
+    if size > 32 and trial.steps:
         smaller = max(32, size // 4)
-        yield Attempt(trial.replace(batch_size=smaller), f"Batch size {size} -> {smaller}: more steps of useful noise "
-                      "for the same compute.", f"DataLoader(dataset, batch_size={smaller}, shuffle=True)")
+        steps = trial.steps * size // smaller  # the same number of samples: the same compute
+        yield Attempt(trial.replace(batch_size=smaller, steps=steps),
+                      f"Batch size {size} -> {smaller} and {trial.steps} -> {steps} steps: the same samples, "
+                      "more updates.", f"DataLoader(dataset, batch_size={smaller}, shuffle=True)")
 
 
 @strategy("optimum.local")
