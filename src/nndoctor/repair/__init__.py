@@ -110,6 +110,8 @@ def repair(model, train_data, loss_fn=None, optimizer=None, val_data=None, steps
     changes: list[Change] = []
     not_repaired: list[Change] = []
     handled: set[str] = set()
+    rolled_back: set[str] = set()  # tried before another fix was kept: worth one more try after it
+    retried: set[str] = set()
     runs = 0
     while runs < budget:
         finding = _next(current.report, handled)
@@ -136,12 +138,17 @@ def repair(model, train_data, loss_fn=None, optimizer=None, val_data=None, steps
             tried.append((attempt, "the finding remained" if not gone else "the re-run was not better", now, then))
             if runs >= budget:
                 break
+        not_repaired = [c for c in not_repaired if c.code != finding.code]  # a retry's verdict replaces the first
         if kept:
             changes.append(kept)
+            again = rolled_back - retried
+            handled -= again
+            retried |= again
         elif tried:
+            rolled_back.add(finding.code)
             attempt, why, now, then = tried[0]
-            others = f" ({len(tried) - 1} more attempt(s) also rolled back)" if len(tried) > 1 else ""
-            not_repaired.append(Change(finding.code, f"Tried and rolled back ({why}{others}): {attempt.description}",
+            others = f"; {len(tried) - 1} more attempt(s) also rolled back" if len(tried) > 1 else ""
+            not_repaired.append(Change(finding.code, f"Tried and rolled back, {why}{others}: {attempt.description}",
                                        attempt.snippet, status="not repaired",
                                        evidence={"before": now, "after": then}))
         else:
