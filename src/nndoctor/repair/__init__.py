@@ -153,6 +153,10 @@ def repair(model, train_data, loss_fn=None, optimizer=None, val_data=None, steps
                                        evidence={"before": now, "after": then}))
         else:
             not_repaired.append(_unrepairable(finding))
+    listed = {c.code for c in changes + not_repaired}
+    not_repaired += [Change(f.code, f"Not tried: the budget of {budget} re-runs was spent first ({f.fix})", code_fix(f),
+                            status="not repaired") for f in current.report.findings
+                     if f.is_problem and f.code not in listed and f.code not in handled]
     relabel = current.trial.relabel
     summary = {"before": metrics(first, train_data, val_data, loss_fn, relabel),
                "after": metrics(current, train_data, val_data, loss_fn, relabel)}
