@@ -271,6 +271,12 @@ def regularize(trial: Trial, finding: Finding, ctx: Context) -> Iterator[Attempt
     if count and not any(isinstance(m, nn.Dropout) for m in trial.model.modules()):
         yield Attempt(trial.replace(model=dropped), f"Dropout 0.5 after each of the {count} hidden activation(s).",
                       "nn.Dropout(0.5)  # after each hidden activation")
+    best = finding.evidence.get("best_step")
+    if isinstance(best, int) and trial.steps and 0 < best < trial.steps:
+        yield Attempt(trial.replace(steps=best), f"Early stopping: {best} steps instead of {trial.steps}, where the "
+                      "validation loss was lowest.",
+                      "if val_loss < best: best, best_state = val_loss, copy.deepcopy(model.state_dict())\n"
+                      "# ... after training (or when it has not improved for a while):\nmodel.load_state_dict(best_state)")
 
 
 @strategy("reg.too_strong")
