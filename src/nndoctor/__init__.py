@@ -6,6 +6,7 @@ from .preflight import checkup
 from .diagnosis import diagnose
 from .findings import Finding, Report
 from .watcher import Doctor, watch
+from .repair import find_lr, repair  # after the modules it builds on
 
-__all__ = ["checkup", "diagnose", "watch", "Doctor", "Finding", "Report"]
+__all__ = ["checkup", "diagnose", "watch", "Doctor", "Finding", "Report", "repair", "find_lr"]
 __version__ = "0.1.0"

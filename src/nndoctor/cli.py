@@ -27,6 +27,8 @@ def build_parser() -> Parser:
                                       "prints expected vs found, and writes the reports.")
     demo.add_argument("--out", default="nndoctor-demo", help="folder for the reports (default: %(default)s)")
     demo.add_argument("--only", metavar="TEXT", help="run only the scenarios whose name contains TEXT")
+    demo.add_argument("--repair", action="store_true",
+                      help="repair each sick network and show before -> after (each fix proven by a re-run)")
     show = sub.add_parser("show", help="print a saved report (REPORT.json); --html writes the page",
                           description="Prints a report saved as JSON; with --html, writes the HTML page too.")
     show.add_argument("report", help="path to a report .json file")
@@ -43,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "show":
             return show(args.report, args.html)
-        from .demo import run_demo
+        from .demo import run_demo, run_repair_demo
+        if args.repair:
+            return run_repair_demo(only=args.only)
         return run_demo(out=Path(args.out), only=args.only)
     except UsageError as exc:
         print(f"nndoctor: error: {exc}", file=sys.stderr)

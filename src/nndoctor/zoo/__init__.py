@@ -36,7 +36,8 @@ def select(tag: str) -> list[Scenario]:
 
 def run(scenario: Scenario | str, seed: int = 0, doctor_kwargs: dict | None = None):
     """Build the scenario at `seed` and diagnose it: with `nndoctor.diagnose`, or, for a
-    fault in the user's own loop, by watching that loop. Returns the Report."""
+    fault in the user's own loop, by watching that loop. A scenario tagged "restarts" is
+    also checked by random restarts (`optimum.local`). Returns the Report."""
     import nndoctor
 
     if isinstance(scenario, str):
@@ -44,9 +45,18 @@ def run(scenario: Scenario | str, seed: int = 0, doctor_kwargs: dict | None = No
     setup = scenario.build(seed)
     kwargs = dict(doctor_kwargs or {})
     if setup.loop is None:
-        return nndoctor.diagnose(setup.model, setup.train_data, loss_fn=setup.loss_fn,
-                                 optimizer=setup.optimizer, val_data=setup.val_data,
-                                 steps=setup.steps, batch_size=setup.batch_size, seed=seed, **kwargs)
+        report = nndoctor.diagnose(setup.model, setup.train_data, loss_fn=setup.loss_fn,
+                                   optimizer=setup.optimizer, val_data=setup.val_data,
+                                   steps=setup.steps, batch_size=setup.batch_size, seed=seed, **kwargs)
+        return with_restarts(report, scenario.build(seed), seed) if "restarts" in scenario.tags else report
     with nndoctor.watch(setup.model, setup.optimizer, **kwargs) as doctor:
         setup.loop(setup, doctor)
     return doctor.report()
+
+
+def with_restarts(report, setup: Setup, seed: int):
+    """The report with the restarts' verdict added (a fresh setup: diagnose trained the other)."""
+    from ..repair import restarts
+    from ..repair.restarts import with_restarts as add
+    return add(report, restarts(setup.model, setup.train_data, loss_fn=setup.loss_fn, optimizer=setup.optimizer,
+                                steps=setup.steps, batch_size=setup.batch_size, seed=seed))

@@ -130,3 +130,7 @@ MLP_CANCER = Recipe(
 MLP_RINGS = Recipe(
     family="mlp", data=data.rings, model=partial(mlp, 2, 2, hidden=(32, 32)),
     loss=nn.CrossEntropyLoss, optimizer=partial(torch.optim.Adam, lr=1e-2), steps=200)
+
+MLP_XOR = Recipe(
+    family="mlp", data=data.xor, model=partial(mlp, 2, 2, hidden=(16,)),
+    loss=nn.CrossEntropyLoss, optimizer=partial(torch.optim.Adam, lr=1e-2), steps=300)

@@ -123,6 +123,22 @@ def rings() -> Split:
 
 
 @lru_cache(maxsize=None)
+def _xor(n: int, noise: float) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(13)
+    corners = torch.randint(0, 2, (n, 2), generator=g)
+    X = (corners * 2 - 1).float() + noise * torch.randn(n, 2, generator=g)
+    return X, (corners[:, 0] != corners[:, 1]).long()
+
+
+def xor(*, noise: float = 0.15) -> Split:
+    """Four Gaussian blobs at (+-1, +-1); the label is the XOR of the signs. A net with a
+    handful of hidden units has bad basins here: some initializations solve it, others end
+    with one pair of blobs misclassified (Hamey 1998; Sprinkhuizen-Kuyper & Boers 1999)."""
+    X, y = _xor(1000, noise)
+    return _split(X, y, torch.long)
+
+
+@lru_cache(maxsize=None)
 def _early_majority(n: int, length: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(7)
     signs = torch.randint(0, 2, (n, length), generator=g).float() * 2 - 1
