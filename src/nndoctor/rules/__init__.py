@@ -45,6 +45,7 @@ CAUSES = {
     "loss.fluctuation": ("data.unshuffled",),
     "grad.clipped_always": ("lr.too_high",),
     "lr.too_low": ("data.target_scale",),
+    "curvature.ill_conditioned": ("data.not_normalized", "data.target_scale", "init.scale_mismatch"),
 }
 
 
@@ -146,7 +147,7 @@ class Run:
 
 def judge(run: Run) -> tuple[list[Finding], list[str]]:
     """Run every rule; fold symptoms under their causes. Returns (findings, notes)."""
-    from . import fit, gradients, learning_rate, loop, loss, output, units  # noqa: F401  (registers)
+    from . import curvature, fit, gradients, learning_rate, loop, loss, output, units  # noqa: F401  (registers)
     findings, notes = [], []
     for code, fn in RULES.items():
         try:
