@@ -45,7 +45,8 @@ CAUSES = {
     "loss.fluctuation": ("data.unshuffled",),
     "grad.clipped_always": ("lr.too_high",),
     "lr.too_low": ("data.target_scale",),
-    "curvature.ill_conditioned": ("data.not_normalized", "data.target_scale", "init.scale_mismatch"),
+    "curvature.ill_conditioned": ("data.not_normalized", "data.target_scale", "init.scale_mismatch",
+                                  "units.dead", "units.saturated"),  # dead units flatten most directions
 }
 
 
