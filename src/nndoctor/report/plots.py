@@ -295,7 +295,8 @@ def landscape_line(report) -> bytes | None:
     ax.plot(alphas, losses, "o-", ms=3, color="#37474f", lw=1.2)
     for a, label in ((0.0, "initial"), (1.0, "final")):
         ax.axvline(a, color="#90a4ae", lw=1, ls=":")
-        ax.annotate(label, (a, 1.0), xycoords=("data", "axes fraction"), ha="center", va="bottom", fontsize=8)
+        ax.annotate(label, (a, 0.97), xycoords=("data", "axes fraction"), ha="left", va="top", fontsize=8,
+                    color="#607d8b")
     if _log_useful(losses):
         ax.set_yscale("log")
         _log_axis(ax.yaxis)
@@ -357,7 +358,7 @@ def curvature_bars(report) -> bytes | None:
     ax.set_yticks(y, [b[0] for b in bars], fontsize=8)
     ax.invert_yaxis()
     ax.set_xscale("log")
-    ax.set_xlim(right=max(b[1] for b in bars) * 20)
+    ax.set_xlim(right=max(b[1] for b in bars) * 4)
     note = "" if c.get("stability_limit") else " (adaptive optimizer: 2/lr is indicative only)"
     ax.set_title("Curvature: plain gradient descent is stable only while λmax < 2/lr" + note, fontsize=9)
     ax.grid(alpha=0.3, axis="x")
@@ -389,7 +390,7 @@ def noise_scale_bars(report) -> bytes | None:
     ax.set_yticks(y, [b[0] for b in bars], fontsize=8)
     ax.invert_yaxis()
     ax.set_xscale("log")
-    ax.set_xlim(right=max(b[1] for b in bars) * 20)
+    ax.set_xlim(right=max(b[1] for b in bars) * 4)
     ax.set_xlabel("examples")
     ax.set_title("Batch size against the gradient noise scale (McCandlish et al. 2018)", fontsize=9)
     ax.grid(alpha=0.3, axis="x")
