@@ -6,6 +6,7 @@ from .preflight import checkup
 from .diagnosis import diagnose
 from .findings import Finding, Report
 from .watcher import Doctor, watch
+from . import analysis  # deep analysis: analysis.examine(report, model, ...), diagnose(deep=True)
 
-__all__ = ["checkup", "diagnose", "watch", "Doctor", "Finding", "Report"]
+__all__ = ["checkup", "diagnose", "watch", "Doctor", "Finding", "Report", "analysis"]
 __version__ = "0.1.0"

@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-WIDTH = 7.2          # inches at DPI: ~860 px, the page's column
+WIDTH = 8.4          # inches at DPI: ~920 px, the page's column
 DPI = 110
 SEVERITY_COLOR = {"error": "#c62828", "warning": "#d48a00", "info": "#1e88e5"}
 HEALTHY_UPDATE = (1e-4, 1e-2)   # update/weight ratios around the 1e-3 rule of thumb (CS231n)
