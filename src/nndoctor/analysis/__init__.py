@@ -4,7 +4,8 @@
     report = nndoctor.analysis.examine(report, model, (X, y), loss_fn, optimizer,
                                        initial=initial_weights)  # after your own loop
 
-Cost, stated up front (one fixed batch of up to 512 training rows; the model is never
+Cost, stated up front (one fixed batch of up to 512 training rows; each analysis stops at
+about `BUDGET` seconds, with fewer iterations or a coarser grid; the model is never
 changed: weights are substituted functionally, buffers copied, modes and RNG restored):
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ COST = {"line": "29 forward passes",
         "curvature": "up to 64 Hessian-vector products (40 power iterations + 24 trace probes), ~3 passes each",
         "noise_scale": "72 forward-backward passes (32 batches of 8 rows, 4 of up to 128; at the initial and final weights)"}
 ANALYSIS_CODES = ("curvature.ill_conditioned", "batch.too_large")
+BUDGET = 3.0  # seconds per analysis: a slow model (a long LSTM) gets fewer iterations, a coarser grid
 __doc__ += "".join(f"\n- {name}: {cost}" for name, cost in COST.items()) + "\n"
 
 
@@ -36,8 +38,9 @@ def initial_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def measure(model, train_data, loss_fn, optimizer=None, *, initial=None, analyses=ANALYSES,
-            seed: int = 0) -> tuple[dict, list[str]]:
-    """Run the analyses on the model as it is now. Returns (results by analysis, notes)."""
+            seed: int = 0, budget: float = BUDGET) -> tuple[dict, list[str]]:
+    """Run the analyses on the model as it is now, each within about `budget` seconds.
+    Returns (results by analysis, notes)."""
     results: dict = {"seconds": {}, "cost": {a: COST[a] for a in analyses}}
     notes: list[str] = []
     batch = fixed_batch(model, train_data, seed=seed)
@@ -47,9 +50,9 @@ def measure(model, train_data, loss_fn, optimizer=None, *, initial=None, analyse
         return {}, ["deep analysis skipped: the weights are no longer finite"]
     probe = LossProbe(model, batch[0], batch[1], loss_fn)
     results["rows"] = int(batch[0].shape[0])
-    steps = {"line": lambda: line(probe, initial), "plane": lambda: plane(probe, seed=seed),
-             "curvature": lambda: curvature(probe, optimizer, seed=seed),
-             "noise_scale": lambda: _noise_scale(probe, initial, seed)}
+    steps = {"line": lambda: line(probe, initial), "plane": lambda: plane(probe, seed=seed, budget=budget),
+             "curvature": lambda: curvature(probe, optimizer, seed=seed, budget=budget),
+             "noise_scale": lambda: _noise_scale(probe, initial, seed, budget)}
     with analysis_mode(model):
         for name in analyses:
             if name == "line" and initial is None:
@@ -71,13 +74,13 @@ def measure(model, train_data, loss_fn, optimizer=None, *, initial=None, analyse
     return results, notes
 
 
-def _noise_scale(probe: LossProbe, initial, seed: int) -> dict:
+def _noise_scale(probe: LossProbe, initial, seed: int, budget: float) -> dict:
     """B_simple where it is smallest, early in training (the noise scale grows as the
     gradient shrinks): at the initial weights when known; the final one as evidence."""
-    final = noise_scale(probe, seed=seed)
     if initial is None:
-        return dict(final, at="final")
-    start = noise_scale(probe, {n: initial[n] for n in probe.names}, seed=seed)
+        return dict(noise_scale(probe, seed=seed, budget=budget), at="final")
+    final = noise_scale(probe, seed=seed, budget=budget / 2)
+    start = noise_scale(probe, {n: initial[n] for n in probe.names}, seed=seed, budget=budget / 2)
     return dict(start, at="initial", final_b_simple=final.get("b_simple")) if start else {}
 
 

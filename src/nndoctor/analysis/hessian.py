@@ -15,6 +15,7 @@ Parameters whose module does not support double backward (a custom autograd Func
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 
@@ -88,9 +89,14 @@ def _normalize(v: list[torch.Tensor]) -> list[torch.Tensor]:
     return [x / norm for x in v]
 
 
-def top_eigenvalue(hvp: HessianVectorProduct, generator: torch.Generator,
-                   iterations: int = POWER_ITERATIONS, tolerance: float = TOLERANCE) -> tuple[float, int]:
-    """(eigenvalue of largest magnitude, iterations used), by power iteration."""
+def _late(deadline: float | None) -> bool:
+    return deadline is not None and time.perf_counter() > deadline
+
+
+def top_eigenvalue(hvp: HessianVectorProduct, generator: torch.Generator, iterations: int = POWER_ITERATIONS,
+                   tolerance: float = TOLERANCE, deadline: float | None = None) -> tuple[float, int, bool]:
+    """(eigenvalue of largest magnitude, iterations used, converged), by power iteration;
+    stops early (after at least 3 iterations) at `deadline`."""
     v = _normalize([torch.randn(p.shape, generator=generator).to(p) for p in hvp.params])
     value = 0.0
     for i in range(1, iterations + 1):
@@ -98,18 +104,24 @@ def top_eigenvalue(hvp: HessianVectorProduct, generator: torch.Generator,
         new = _dot(v, hv)  # Rayleigh quotient
         norm = math.sqrt(_dot(hv, hv))
         if norm == 0 or not math.isfinite(norm):
-            return (0.0 if norm == 0 else float("nan")), i
+            return (0.0 if norm == 0 else float("nan")), i, norm == 0
         v = [x / norm for x in hv]
         if i > 1 and abs(new - value) <= tolerance * abs(new):
-            return new, i
+            return new, i, True
+        if i >= 3 and _late(deadline):
+            return new, i, False
         value = new
-    return value, iterations
+    return value, iterations, False
 
 
-def trace(hvp: HessianVectorProduct, generator: torch.Generator, samples: int = TRACE_SAMPLES) -> tuple[float, float]:
-    """(Hutchinson estimate of tr(H), its standard error)."""
+def trace(hvp: HessianVectorProduct, generator: torch.Generator, samples: int = TRACE_SAMPLES,
+          deadline: float | None = None) -> tuple[float, float]:
+    """(Hutchinson estimate of tr(H), its standard error); at least 4 probes, fewer than
+    `samples` if `deadline` passes."""
     values = []
-    for _ in range(samples):
+    for i in range(samples):
+        if i >= 4 and _late(deadline):
+            break
         z = [(torch.randint(0, 2, p.shape, generator=generator) * 2 - 1).to(p) for p in hvp.params]
         values.append(_dot(z, hvp(z)))
     mean = sum(values) / len(values)
@@ -133,7 +145,7 @@ def stability_limit(optimizer) -> tuple[float | None, float | None]:
     return two_over_lr, None
 
 
-def curvature(probe: LossProbe, optimizer=None, seed: int = 0) -> tuple[dict, list[str]]:
+def curvature(probe: LossProbe, optimizer=None, seed: int = 0, budget: float | None = None) -> tuple[dict, list[str]]:
     """The curvature evidence and notes on what was left out."""
     names, skipped, error = supported(probe)
     notes = []
@@ -143,13 +155,15 @@ def curvature(probe: LossProbe, optimizer=None, seed: int = 0) -> tuple[dict, li
     if not names:
         return {}, notes
     generator = torch.Generator().manual_seed(seed)
+    began = time.perf_counter()
     hvp = HessianVectorProduct(probe, names)
-    top, iterations = top_eigenvalue(hvp, generator)
-    tr, tr_error = trace(hvp, generator)
+    top, iterations, converged = top_eigenvalue(hvp, generator, deadline=budget and began + 0.6 * budget)
+    tr, tr_error = trace(hvp, generator, deadline=budget and began + budget)
     count = sum(p.numel() for p in hvp.params)
     bulk = tr / count
     two_over_lr, limit = stability_limit(optimizer)
-    result = {"top_eigenvalue": top, "power_iterations": iterations, "trace": tr, "trace_stderr": tr_error,
+    result = {"top_eigenvalue": top, "power_iterations": iterations, "converged": converged,
+              "trace": tr, "trace_stderr": tr_error,
               "parameters": count, "bulk": bulk, "loss": hvp.loss, "two_over_lr": two_over_lr,
               "stability_limit": limit, "optimizer": type(optimizer).__name__ if optimizer is not None else None,
               "skipped": skipped}

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import torch
@@ -69,9 +70,16 @@ def filter_normalized(params: dict[str, torch.Tensor], generator: torch.Generato
 
 
 @torch.no_grad()
-def plane(probe: LossProbe, seed: int = 0, points: int = PLANE_POINTS, span: float = PLANE_SPAN) -> dict:
-    """The loss on a grid in a filter-normalized random plane through the current weights."""
+def plane(probe: LossProbe, seed: int = 0, points: int = PLANE_POINTS, span: float = PLANE_SPAN,
+          budget: float | None = None) -> dict:
+    """The loss on a grid in a filter-normalized random plane through the current weights;
+    a coarser grid (at least 7 x 7) when `points`² forward passes would exceed `budget` seconds."""
     centre = probe.detached()
+    if budget:
+        began = time.perf_counter()
+        probe.loss(centre)
+        per_pass = max(time.perf_counter() - began, 1e-6)
+        points = min(points, max(7, int(math.sqrt(budget / per_pass)) | 1))
     generator = torch.Generator().manual_seed(seed)
     d1, d2 = filter_normalized(centre, generator), filter_normalized(centre, generator)
     coords = np.round(np.linspace(-span, span, points), 4)

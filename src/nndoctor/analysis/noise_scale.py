@@ -12,6 +12,7 @@ already nearly exact, so the extra examples are wasted compute (and fewer steps 
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 
@@ -27,7 +28,7 @@ def squared_norm(probe: LossProbe, params: dict, x: torch.Tensor, y: torch.Tenso
     return float(sum((g.double() ** 2).sum() for g in grads if g is not None))
 
 
-def noise_scale(probe: LossProbe, params: dict | None = None, seed: int = 0) -> dict:
+def noise_scale(probe: LossProbe, params: dict | None = None, seed: int = 0, budget: float | None = None) -> dict:
     """B_simple at `params` (default: the current weights) and the two estimates behind it,
     from the probe's rows; {} when there are too few rows to tell two sizes apart. No
     B_simple when the estimate of |G|² is not positive: the gradient is all noise there."""
@@ -37,11 +38,15 @@ def noise_scale(probe: LossProbe, params: dict | None = None, seed: int = 0) -> 
     if big < 4 * SMALL:
         return {}
     generator = torch.Generator().manual_seed(seed)
+    deadline = budget and time.perf_counter() + budget
 
     def mean_squared_norm(size: int, count: int) -> float:
+        """The mean over `count` batches (at least 4; fewer than `count` past the deadline)."""
         order = torch.randperm(rows, generator=generator)
         values = []
         for i in range(count):
+            if i >= 4 and deadline and time.perf_counter() > deadline:
+                break
             idx = order[(i * size) % (rows - size + 1):][:size].to(probe.x.device)
             values.append(squared_norm(probe, params, probe.x[idx], probe.y[idx]))
         return sum(values) / len(values)

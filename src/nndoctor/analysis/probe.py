@@ -7,7 +7,7 @@ the weights; BatchNorm keeps batch statistics, as in training) is undone on exit
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 from torch import nn
@@ -50,13 +50,24 @@ def fixed_batch(model: nn.Module, data, rows: int = BATCH_ROWS, seed: int = 0):
     return pair[0].to(device), pair[1].to(device)
 
 
+def _twice_differentiable_attention():
+    """Attention through the plain math kernel: the fused ones (flash, memory-efficient)
+    have no double backward. Same values; a no-op where torch lacks the switch."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:
+        return ExitStack()
+    return sdpa_kernel([SDPBackend.MATH])
+
+
 @contextmanager
 def analysis_mode(model: nn.Module):
-    """Train mode with dropout off, the global RNG forked; every module's mode restored after."""
+    """Train mode with dropout off, attention on the math kernel, the global RNG forked;
+    every module's mode restored after."""
     modes = {m: m.training for m in model.modules()}
     devices = [d for d in {p.device for p in model.parameters()} if d.type == "cuda"]
     try:
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), _twice_differentiable_attention():
             model.train()
             for m in model.modules():
                 if isinstance(m, nn.modules.dropout._DropoutNd):

@@ -200,6 +200,8 @@ def unit_health(report) -> bytes | None:
     y = np.arange(len(rows))
     ax.barh(y, [r[3] for r in rows], color=[r[2] for r in rows], alpha=0.85)
     ax.scatter([r[4] for r in rows], y, marker="|", s=120, color="black", label="highest during the run")
+    for i, r in enumerate(rows):
+        ax.annotate(f" {r[3]:.0%}", (r[3], i), va="center", fontsize=7)
     ax.set_yticks(y, [f"{_short(r[0], 22)} ({r[1]})" for r in rows], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
@@ -241,7 +243,8 @@ def activation_histograms(report) -> bytes | None:
         ax.set_title(_short(key[len("activation_hist/"):], 22), fontsize=8)
         ax.tick_params(labelsize=6)
         ax.set_ylabel({"log1p": "log10(1+x)", "symlog1p": "±log10(1+|x|)"}.get(scale, "output"), fontsize=6)
-    fig.suptitle("Activation histograms over training steps (colour: share of outputs, log scale)", fontsize=10)
+    fig.suptitle("Activation histograms over training steps (colour: share of outputs, log scale)", fontsize=10,
+                 y=1 + 0.3 / fig.get_figheight())
     return _png(fig)
 
 
