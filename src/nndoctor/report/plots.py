@@ -52,8 +52,11 @@ def _figure(height: float) -> Figure:
 
 def _log_axis(axis) -> None:
     """A log scale labelled in plain numbers (0.3, 1, 3) rather than 3×10⁻¹."""
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    low, high = axis.get_view_interval()
+    if high / max(low, 1e-300) < 1e3:  # under three decades: label 1, 2, 5 of each
+        axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
     axis.set_minor_formatter(NullFormatter())
 
 
@@ -108,7 +111,8 @@ def loss_curve(report) -> bytes | None:
         marked.add(f.code)
         ax.axvline(f.step, color=SEVERITY_COLOR[f.severity], ls="--", lw=1)
         ax.annotate(f.code, (f.step, 1.0), xycoords=("data", "axes fraction"), rotation=90, va="top",
-                    ha="right", fontsize=7, color=SEVERITY_COLOR[f.severity])
+                    ha="right", fontsize=7, color=SEVERITY_COLOR[f.severity],
+                    bbox={"facecolor": "white", "alpha": 0.75, "edgecolor": "none", "pad": 1})
     ax.set_xlabel("training step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)

@@ -46,6 +46,7 @@ CAUSES = {
     "grad.clipped_always": ("lr.too_high",),
     "lr.too_low": ("data.target_scale",),
     "curvature.ill_conditioned": ("data.not_normalized", "data.target_scale", "init.scale_mismatch",
+                                  "loss.init_mismatch", "lr.too_high", "grad.vanishing",
                                   "units.dead", "units.saturated"),  # dead units flatten most directions
 }
 
