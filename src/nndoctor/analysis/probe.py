@@ -27,10 +27,6 @@ class LossProbe:
         self.params = dict((n, p) for n, p in model.named_parameters() if p.requires_grad)
         self._buffers = {n: b for n, b in model.named_buffers()}
 
-    @property
-    def count(self) -> int:
-        return sum(p.numel() for p in self.params.values())
-
     def loss(self, params: dict[str, torch.Tensor] | None = None, x=None, y=None) -> torch.Tensor:
         state = {n: b.clone() for n, b in self._buffers.items()}  # BatchNorm updates land in copies
         state.update(params if params is not None else self.params)
