@@ -9,7 +9,9 @@ Values beyond the range land in the edge bins, so an explosion piles up there vi
 
 Bounded: at most `MAX_LAYERS` layers (spread from input to output) and `MAX_SNAPSHOTS`
 histograms per layer; when full, every other snapshot is dropped, so the kept ones stay
-spread evenly over the whole run.
+spread evenly over the whole run, and from then on histograms are only computed at the new
+spacing: about 2·MAX_SNAPSHOTS per layer over any run length, each on at most
+`MAX_VALUES` evenly strided outputs.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ BINS = 32
 MAX_LAYERS = 8
 MAX_SNAPSHOTS = 48
 LOG_DECADES = 4.0   # log10(1 + |x|) up to 4: |x| up to ~1e4
+MAX_VALUES = 8192   # outputs binned per histogram (a strided subsample of larger outputs)
 
 
 def value_range(module: nn.Module, kind: str) -> tuple[float, float, str]:
@@ -47,6 +50,8 @@ class HistogramCollector:
         self.layers = {n: (m, value_range(m, kind)) for m, n, kind in layers}
         self.buffer = StepBuffer()
         self.kept: dict[str, dict] = {}   # name -> {"step": [...], "value": [[fractions]], "range", "scale"}
+        self.spacing = 0                  # steps between histograms; grows as the kept ones are thinned
+        self._due: dict[str, int] = {}
         self._step = 0
 
     def modules(self):
@@ -55,12 +60,14 @@ class HistogramCollector:
 
     def _hook(self, name: str, lo: float, hi: float, scale: str):
         def hook(mod, inputs, output):
-            if not torch.is_grad_enabled():
+            if not torch.is_grad_enabled() or self._step < self._due.get(name, 0):
                 return
             out = first_tensor(output)
             if out is None or not out.is_floating_point():
                 return
-            x = out.detach().float()
+            self._due[name] = self._step + max(1, self.spacing)
+            x = out.detach().reshape(-1)
+            x = x[::x.numel() // MAX_VALUES + 1].float()
             if scale == "log1p":
                 x = torch.log10(1 + x.clamp(min=0))
             elif scale == "symlog1p":
@@ -78,6 +85,7 @@ class HistogramCollector:
             kept["value"].extend(np.round(rows, 4).tolist())
             while len(kept["step"]) > MAX_SNAPSHOTS:
                 kept["step"], kept["value"] = kept["step"][::2], kept["value"][::2]
+                self.spacing = max(self.spacing, kept["step"][1] - kept["step"][0])
 
     def series(self) -> dict[str, dict]:
         """For the report: "activation_hist/<layer>" -> steps, fractions per bin, range, scale."""
