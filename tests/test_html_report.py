@@ -122,3 +122,13 @@ def console_messages(page, shot):
                         page.as_uri()], capture_output=True, text=True, timeout=120)
     return r.returncode, [line for line in r.stderr.splitlines()
                           if ":CONSOLE" in line or "net::ERR" in line or "Failed to load resource" in line]
+
+
+def test_a_malformed_saved_report_still_gives_a_page(tmp_path):
+    data = json.loads(evil_report().to_json())
+    data["meta"]["analysis"]["plane"] = {"coords": "not a grid", "loss": 3}
+    data["series"]["grad_norm/0.weight"] = {"step": [1, 2, 3], "value": ["x", None, {}]}
+    path = tmp_path / "r.html"
+    nndoctor.Report.from_dict(data).save_html(path)
+    page = path.read_text(encoding="utf-8")
+    assert "plot plane not drawn" in page and "loss" in plots_in(page)

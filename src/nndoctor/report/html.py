@@ -63,7 +63,7 @@ def plots_for(code: str) -> tuple[str, ...]:
 
 
 def render_html(report) -> str:
-    drawn = _draw_all(report)
+    drawn, failures = _draw_all(report)
     shown: set[str] = set()
     parts = [_head(report), _verdict(report)]
     if "loss" in drawn:
@@ -78,25 +78,26 @@ def render_html(report) -> str:
     rest = [n for n in plots.PLOTS if n in drawn and n not in shown]
     if rest:
         parts.append("<h2>All measurements</h2>" + "".join(_figure(n, drawn[n]) for n in rest))
-    if report.notes:
-        parts.append("<h2>Notes</h2><ul class=\"notes\">" + "".join(f"<li>{escape(str(n))}</li>" for n in report.notes)
+    notes = list(report.notes) + failures
+    if notes:
+        parts.append("<h2>Notes</h2><ul class=\"notes\">" + "".join(f"<li>{escape(str(n))}</li>" for n in notes)
                      + "</ul>")
     parts.append(_meta(report))
     return "".join(parts) + "</body></html>"
 
 
-def _draw_all(report) -> dict[str, bytes]:
-    """Every plot the report has data for; one that fails to draw is left out, named in a note."""
-    drawn = {}
+def _draw_all(report) -> tuple[dict[str, bytes], list[str]]:
+    """Every plot the report has data for, and a note for each one that failed to draw."""
+    drawn, failures = {}, []
     for name, (_, draw) in plots.PLOTS.items():
         try:
             png = draw(report)
         except Exception as exc:  # a plot must never cost the user the whole page
             png = None
-            report.notes.append(f"plot {name} not drawn: {type(exc).__name__}: {exc}")
+            failures.append(f"plot {name} not drawn: {type(exc).__name__}: {exc}")
         if png:
             drawn[name] = png
-    return drawn
+    return drawn, failures
 
 
 def _head(report) -> str:
