@@ -136,3 +136,11 @@ def test_nonfinite_weights_skip_the_analyses_with_a_note():
     out = examine(nndoctor.Report(), model, data(), nn.CrossEntropyLoss())
     assert "analysis" not in out.meta or not out.meta["analysis"]
     assert any("no longer finite" in n for n in out.notes), out.notes
+
+
+def test_examine_after_the_users_own_loop():
+    report = zoo.run("mlp-digits/cosine", deep=True)  # the scenario trains in its own loop under watch()
+    assert report.healthy
+    analysis = report.meta["analysis"]
+    assert analysis["line"]["monotone"] and analysis["curvature"]["converged"]
+    assert analysis["noise_scale"]["at"] == "initial"
