@@ -15,6 +15,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
+from ..rules.curvature import NOISE_FACTOR
+
 WIDTH = 8.4          # inches at DPI: ~920 px, the page's column
 DPI = 110
 SEVERITY_COLOR = {"error": "#c62828", "warning": "#d48a00", "info": "#1e88e5"}
@@ -56,7 +58,7 @@ def _log_axis(axis) -> None:
     low, high = axis.get_view_interval()
     if high / max(low, 1e-300) < 1e3:  # under three decades: label 1, 2, 5 of each
         axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0f}" if 1 <= v < 1e5 else f"{v:.3g}"))
     axis.set_minor_formatter(NullFormatter())
 
 
@@ -365,7 +367,8 @@ def curvature_bars(report) -> bytes | None:
     ax.set_yticks(y, [b[0] for b in bars], fontsize=8)
     ax.invert_yaxis()
     ax.set_xscale("log")
-    ax.set_xlim(right=max(b[1] for b in bars) * 4)
+    ax.set_xlim(min(b[1] for b in bars) / 3, max(b[1] for b in bars) * 4)
+    _log_axis(ax.xaxis)
     note = "" if c.get("stability_limit") else " (adaptive optimizer: 2/lr is indicative only)"
     ax.set_title("Curvature: plain gradient descent is stable only while λmax < 2/lr" + note, fontsize=9)
     ax.grid(alpha=0.3, axis="x")
@@ -397,7 +400,13 @@ def noise_scale_bars(report) -> bytes | None:
     ax.set_yticks(y, [b[0] for b in bars], fontsize=8)
     ax.invert_yaxis()
     ax.set_xscale("log")
-    ax.set_xlim(right=max(b[1] for b in bars) * 4)
+    ax.set_xlim(min(b[1] for b in bars) / 3, max(b[1] for b in bars) * 4)
+    _log_axis(ax.xaxis)
+    limit = NOISE_FACTOR * scale
+    ax.axvline(limit, color="#c62828", ls="--", lw=1)
+    ax.annotate(f"{NOISE_FACTOR:g}x noise scale: batches beyond waste examples ", (limit, 0.02),
+                xycoords=("data", "axes fraction"), ha="right", fontsize=7, color="#c62828")
+    ax.set_xlim(right=max(ax.get_xlim()[1], 2 * limit))
     ax.set_xlabel("examples")
     ax.set_title("Batch size against the gradient noise scale (McCandlish et al. 2018)", fontsize=9)
     ax.grid(alpha=0.3, axis="x")
