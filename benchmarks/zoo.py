@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--only", help="only scenarios whose name contains this text")
     parser.add_argument("--json", help="write the rows to this file")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--deep", action="store_true", help="add the deep analyses (diagnose(deep=True))")
     args = parser.parse_args()
     torch.set_num_threads(1)
     scenarios = zoo.select(args.tag) if args.tag else list(zoo.SCENARIOS)
@@ -35,7 +36,7 @@ def main() -> None:
     print(f"{'scenario':42s} {'expected':34s} {'found (root first)':50s} {'step':>6s} {'s':>5s}")
     for s in scenarios:
         started = time.perf_counter()
-        report = zoo.run(s, seed=args.seed)
+        report = zoo.run(s, seed=args.seed, deep=args.deep)
         seconds = time.perf_counter() - started
         sc = score(s.expected, report)
         mark = ("ok " if (sc.primary if s.expected else not sc.false_alarm) else

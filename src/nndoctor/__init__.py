@@ -7,6 +7,7 @@ from .diagnosis import diagnose
 from .findings import Finding, Report
 from .watcher import Doctor, watch
 from .repair import find_lr, repair  # after the modules it builds on
+from . import analysis  # deep analysis: analysis.examine(report, model, ...), diagnose(deep=True)
 
-__all__ = ["checkup", "diagnose", "watch", "Doctor", "Finding", "Report", "repair", "find_lr"]
+__all__ = ["checkup", "diagnose", "watch", "Doctor", "Finding", "Report", "repair", "find_lr", "analysis"]
 __version__ = "0.1.0"

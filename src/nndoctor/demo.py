@@ -44,6 +44,7 @@ def run_demo(out: Path, only: str | None = None, console: Console | None = None)
     if sick:
         console.print(f"\nThe report for [bold]{sick[0].name}[/]:")
         console.print(sick[1])
+        console.print(f"Open its HTML report (plots, offline): [bold]{sick[2].with_suffix('.html').resolve()}[/]", soft_wrap=True)
     console.print(f"\n{correct}/{len(rows)} named correctly. Reports (JSON and HTML) written to {out.resolve()}/")
     return 0
 

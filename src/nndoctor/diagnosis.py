@@ -12,6 +12,7 @@ import time
 import torch
 from torch import nn
 
+from .analysis import examine, initial_weights
 from .data import as_loader, check_data, sample
 from .findings import Finding, Report
 from .preflight import run_checks
@@ -21,14 +22,16 @@ from .watcher import Doctor
 DEFAULT_EPOCHS = 5
 MIN_STEPS, MAX_STEPS = 200, 1000
 JUDGE_SHARE = 0.5  # a diagnosis is what the user asked for: judge at (nearly) every flush
-VALIDATIONS = 10
-LEARNED = 0.7     # a final loss at 70% of the label-prior baseline: the model found signal in the inputs  # validation points per run: enough for fit.overfitting to see a turn
+VALIDATIONS = 10  # validation points per run: enough for fit.overfitting to see a turn
+LEARNED = 0.7     # a final loss at 70% of the label-prior baseline: the model found signal in the inputs
 
 
 def diagnose(model, train_data, loss_fn=None, optimizer=None, val_data=None, steps=None,
-             batch_size=None, seed=0) -> Report:
+             batch_size=None, seed=0, deep=False) -> Report:
     """Check the data and model, train `model` in place with `optimizer` for `steps` steps
-    while watching, and return the Report. See the contract in docs/api.md."""
+    while watching, and return the Report. See the contract in docs/api.md.
+    `deep=True` adds the loss-surface and gradient-noise analyses after training
+    (`nndoctor.analysis`, about a second for a small net)."""
     started = time.perf_counter()
     _check_arguments(model, train_data, loss_fn, optimizer, val_data)
     loader = as_loader(train_data, batch_size, shuffle=True, seed=seed)
@@ -41,6 +44,7 @@ def diagnose(model, train_data, loss_fn=None, optimizer=None, val_data=None, ste
                     planned_steps=steps, judge_share=JUDGE_SHARE)
     doctor.targets = targets
     was_training = model.training
+    initial = initial_weights(model) if deep else None
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         with doctor:
@@ -57,7 +61,12 @@ def diagnose(model, train_data, loss_fn=None, optimizer=None, val_data=None, ste
         notes.append(f"stopped after {trained} of {steps} steps: the loss stayed non-finite")
     meta.update(report.meta, steps_planned=steps, steps_trained=trained, batch_size=loader.batch_size,
                 seconds=round(time.perf_counter() - started, 3))
-    return Report(findings=findings, meta=meta, notes=notes + report.notes, series=report.series)
+    report = Report(findings=findings, meta=meta, notes=notes + report.notes, series=report.series)
+    if deep:
+        report = examine(report, model, train_data, loss_fn, optimizer, initial=initial,
+                         batch_size=loader.batch_size, seed=seed)
+        report.meta["seconds"] = round(time.perf_counter() - started, 3)
+    return report
 
 
 def reconcile(pre_findings: list[Finding], report: Report, targets: dict | None, notes: list[str]) -> list[Finding]:

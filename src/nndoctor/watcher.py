@@ -24,6 +24,7 @@ from torch import nn
 from .collect.activations import ActivationCollector
 from .collect.buffer import StepBuffer
 from .collect.gradients import GradientCollector
+from .collect.histograms import HistogramCollector
 from .collect.loop import LoopCollector
 from .collect.nonfinite import NonFiniteSentinel
 from .collect.recurrent import sensitivity_through_time
@@ -92,6 +93,7 @@ class Doctor:
         self.grads = GradientCollector(self.params)
         self.updates = UpdateCollector(self.params)
         self.activations = ActivationCollector(model, self.module_names)
+        self.histograms = HistogramCollector(self.module_names)  # for the report's plots only
         self.sentinel = NonFiniteSentinel(model, self.module_names)
         self.loop = LoopCollector(self.params, model)
 
@@ -121,7 +123,7 @@ class Doctor:
         self._sampling = []
         if on and self.active:
             per_module: dict[nn.Module, list] = {}
-            for module, hook in self.activations.modules():
+            for module, hook in [*self.activations.modules(), *self.histograms.modules()]:
                 per_module.setdefault(module, []).append(hook)
             self._sampling = [module.register_forward_hook(self._guard_hook(hooks))
                               for module, hooks in per_module.items()]
@@ -190,7 +192,8 @@ class Doctor:
                 "parameters": int(sum(p.numel() for _, p in self.params)),
                 "optimizer": type(self.optimizer).__name__ if self.optimizer else None,
                 "watch_seconds": round(time.perf_counter() - self._started, 3),
-                "sample_every": self.sample_every, "flush_every": self.flush_every}
+                "sample_every": self.sample_every, "flush_every": self.flush_every,
+                "module_order": list(self.sentinel.order)}  # input -> output, for the report's plots
         return Report(findings=findings, meta=meta, notes=notes, series=self._series())
 
     # ---- optimizer hooks -------------------------------------------------------------
@@ -220,7 +223,7 @@ class Doctor:
 
     def _advance(self) -> None:
         self.step += 1
-        self.activations._step = self.step
+        self.activations._step = self.histograms._step = self.step
         if self._handles:
             self._sample_hooks(self.step % self.sample_every == 0)
         if self.step % self.flush_every == 0:
@@ -257,6 +260,7 @@ class Doctor:
             for keys, steps, values in buffer.flush():
                 for col, key in enumerate(keys):
                     h[prefix + key].extend(steps, values[:, col])
+        self.histograms.flush()
         self._flushes += 1
         if self._flushes % PROBE_EVERY == 1 and self.activations.rnn_inputs:
             self._probe_rnns()
@@ -311,8 +315,9 @@ class Doctor:
 
     def _series(self) -> dict:
         keep = ("loss", "val_loss", "lr", "grad_norm/", "update_ratio/", "dead/", "saturated/", "output/")
-        return {name: s.downsample() for name, s in self.history.series.items()
-                if len(s) and any(name == k or (k.endswith("/") and name.startswith(k)) for k in keep)}
+        return {**{name: s.downsample() for name, s in self.history.series.items()
+                   if len(s) and any(name == k or (k.endswith("/") and name.startswith(k)) for k in keep)},
+                **self.histograms.series()}
 
 
 def watch(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, **options) -> Doctor:

@@ -46,6 +46,9 @@ CAUSES = {
     "grad.clipped_always": ("lr.too_high",),
     "lr.too_low": ("data.target_scale",),
     "lr.too_high": ("data.not_normalized", "data.target_scale", "init.scale_mismatch"),
+    "curvature.ill_conditioned": ("data.not_normalized", "data.target_scale", "init.scale_mismatch",
+                                  "loss.init_mismatch", "lr.too_high", "grad.vanishing",
+                                  "units.dead", "units.saturated"),  # dead units flatten most directions
 }
 
 # finding -> findings that, when present, explain its evidence away. Tiny updates mean a rate
@@ -154,7 +157,7 @@ class Run:
 
 def judge(run: Run) -> tuple[list[Finding], list[str]]:
     """Run every rule; fold symptoms under their causes. Returns (findings, notes)."""
-    from . import fit, gradients, learning_rate, loop, loss, output, units  # noqa: F401  (registers)
+    from . import curvature, fit, gradients, learning_rate, loop, loss, output, units  # noqa: F401  (registers)
     findings, notes = [], []
     for code, fn in RULES.items():
         try:

@@ -34,10 +34,11 @@ def select(tag: str) -> list[Scenario]:
     return [s for s in SCENARIOS if tag in s.tags]
 
 
-def run(scenario: Scenario | str, seed: int = 0, doctor_kwargs: dict | None = None):
+def run(scenario: Scenario | str, seed: int = 0, doctor_kwargs: dict | None = None, deep: bool = False):
     """Build the scenario at `seed` and diagnose it: with `nndoctor.diagnose`, or, for a
     fault in the user's own loop, by watching that loop. A scenario tagged "restarts" is
-    also checked by random restarts (`optimum.local`). Returns the Report."""
+    also checked by random restarts (`optimum.local`). `deep`: add the deep analyses
+    (`nndoctor.analysis`). Returns the Report."""
     import nndoctor
 
     if isinstance(scenario, str):
@@ -47,10 +48,14 @@ def run(scenario: Scenario | str, seed: int = 0, doctor_kwargs: dict | None = No
     if setup.loop is None:
         report = nndoctor.diagnose(setup.model, setup.train_data, loss_fn=setup.loss_fn,
                                    optimizer=setup.optimizer, val_data=setup.val_data,
-                                   steps=setup.steps, batch_size=setup.batch_size, seed=seed, **kwargs)
+                                   steps=setup.steps, batch_size=setup.batch_size, seed=seed, deep=deep, **kwargs)
         return with_restarts(report, scenario.build(seed), seed) if "restarts" in scenario.tags else report
+    start = nndoctor.analysis.initial_weights(setup.model) if deep else None
     with nndoctor.watch(setup.model, setup.optimizer, **kwargs) as doctor:
         setup.loop(setup, doctor)
+    if deep:
+        return nndoctor.analysis.examine(doctor.report(), setup.model, setup.train_data, setup.loss_fn,
+                                         setup.optimizer, initial=start, batch_size=setup.batch_size, seed=seed)
     return doctor.report()
 
 
