@@ -134,7 +134,12 @@ class Run:
         input-independent baseline when that is known, otherwise less than halved."""
         from .curves import end_level, relative_drop
         if self.baseline:
-            return end_level(values) >= 0.5 * self.baseline
+            level = end_level(values)
+            val = self.series("val_loss")
+            if val is not None and len(val) >= 3:  # small noisy batches hide a fit that held-out data shows
+                held_out = end_level(val.trace()[1])
+                level = min(level, held_out) if np.isfinite(held_out) else level
+            return level >= 0.5 * self.baseline
         return relative_drop(values) < 0.5
 
     def weight_norm_ratios(self) -> dict[str, float]:

@@ -9,6 +9,7 @@ from . import Run, rule
 from .curves import finite, relative_drop, smooth, steady_decline
 
 DIVERGE_FACTOR = 4.0   # smoothed loss 4x its start and 4x its best: the LR range test's stop rule (fastai, Lightning)
+SUSTAINED = 10         # ...for 10 logged steps in a row: batches of 4 spike 4x and recover; a divergence does not
 HUGE_UPDATE = 0.1      # ||Δw||/||w|| of 0.1 per step: 100x the healthy 1e-3; the weights are rewritten every few steps
 FIRST_STEP_UPDATE = 0.2  # one step rewriting a fifth of a layer's weights, and the loss never recovers
 WIPED_OUT = 0.5          # one step moving a layer by half its norm: the initialization is gone at once
@@ -30,10 +31,13 @@ def top_update_ratio(run: Run) -> tuple[float, str] | None:
     return per_layer[layer], layer
 
 
-def first_update_ratio(run: Run) -> tuple[float, str] | None:
-    """The largest update/weight ratio of a weight matrix on the first sampled step."""
+def first_update_ratio(run: Run, hidden_only: bool = False) -> tuple[float, str] | None:
+    """The largest update/weight ratio of a weight matrix on the first sampled step; with
+    `hidden_only`, the output layer aside (a one-row regression head starts with a small norm
+    and is meant to grow fast)."""
     firsts = {}
-    for name in run.weight_layers():
+    layers = run.weight_layers()
+    for name in layers[:-1] if hidden_only and len(layers) > 1 else layers:
         s = run.series("update_ratio/" + name)
         if s is not None and s.head_values and np.isfinite(s.head_values[0]):
             firsts[name] = s.head_values[0]
@@ -58,8 +62,11 @@ def divergence(run: Run) -> tuple[int, str, dict] | None:
     level = smooth(np.where(ok, values, np.nanmax(np.where(ok, values, np.nan)) if ok.any() else 0.0), 5)
     best = np.minimum.accumulate(np.where(ok, level, np.inf))
     runaway = ok & (level > DIVERGE_FACTOR * abs(start)) & (level > DIVERGE_FACTOR * best)
-    if runaway.any():
-        i = int(np.argmax(runaway))
+    # a divergence stays diverged (or turns non-finite); a spike of a few noisy batches recovers
+    gone = runaway | ~ok
+    held = np.array([gone[i:i + SUSTAINED].all() and len(gone[i:i + SUSTAINED]) == SUSTAINED for i in range(len(gone))])
+    if (runaway & held).any():
+        i = int(np.argmax(runaway & held))
         return int(steps[i]), "grew", {"start_loss": start, "loss_at_detection": float(values[i])}
     if not ok.all():
         first_bad = int(np.argmax(~ok))
@@ -86,8 +93,11 @@ def lr_too_high(run: Run) -> Finding | None:
                             evidence={**evidence, "lr": lr}, step=step)
     ratio = top_update_ratio(run)
     _, values = run.loss()
-    first = first_update_ratio(run)
-    if first and len(values) >= 10 and (first[0] > WIPED_OUT or first[0] > FIRST_STEP_UPDATE and run.loss_is_poor(values)):
+    first, hidden = first_update_ratio(run), first_update_ratio(run, hidden_only=True)
+    if hidden and hidden[0] > WIPED_OUT:
+        first = hidden
+    if first and len(values) >= 10 and ((hidden and hidden[0] > WIPED_OUT)
+                                        or first[0] > FIRST_STEP_UPDATE and run.loss_is_poor(values)):
         return Finding.make("lr.too_high",
                             f"The first steps changed the weights of `{first[1]}` by {first[0]:.2g} of their norm "
                             f"(healthy is about 1e-3): the learning rate {lr} is too high.",
