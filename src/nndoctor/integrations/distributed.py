@@ -73,7 +73,7 @@ class DistributedDoctor(Doctor):
             for f in report.findings:
                 if f.code in NONFINITE_CODES and "ranks" not in f.evidence:
                     f.evidence.update(ranks=ranks, world_size=self.world_size, first_nonfinite_step=first)
-                    f.message = f"{f.message.rstrip('.')} (first on {said} of {self.world_size}, step {first})."
+                    f.message = f"{f.message.rstrip('.')} (first on {said} of {self.world_size})."
                     f.where = f.where if f.where else said
         return report
 
