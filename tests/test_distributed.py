@@ -1,6 +1,7 @@
 """DDP under torchrun (2 processes, gloo, CPU): every rank watches, rank 0 reports for all."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -53,8 +54,16 @@ def torchrun(tmp_path: Path, *args: str):
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src"), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "nndoctor.cli", "watch", "--out", str(tmp_path / "out"), str(script), *args]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
+    launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                cwd=tmp_path, start_new_session=True)
+    try:
+        stdout, stderr = launcher.communicate(timeout=240)
+    except subprocess.TimeoutExpired:  # a deadlock: end the launcher and its workers, then fail
+        os.killpg(launcher.pid, signal.SIGKILL)
+        launcher.communicate()
+        pytest.fail("torchrun job did not finish within 240 s (deadlock?)")
+    assert launcher.returncode == 0, stderr[-3000:]
+    done = subprocess.CompletedProcess(cmd, launcher.returncode, stdout, stderr)
     return done, json.loads((tmp_path / "out" / "report.json").read_text())
 
 

@@ -58,8 +58,9 @@ class DistributedDoctor(Doctor):
             self._handles.append(self.optimizer.register_step_post_hook(self._keep_pace))
 
     def detach(self) -> None:
+        was_active = self.active
         super().detach()                  # its flush is the final exchange when watching is on
-        if not self._finished and self.exchange_at_end:
+        if not self._finished and self.exchange_at_end and (was_active or self.failure):
             self._finished = True
             self._exchange([])            # watching stopped on this rank: still take part
 

@@ -20,6 +20,7 @@ and the wrapped function are restored at the end, whatever happened.
 """
 from __future__ import annotations
 
+import builtins
 import os
 import sys
 import traceback
@@ -108,8 +109,9 @@ class ScriptWatcher:
 
     # ---- global hooks ----------------------------------------------------------------
     def _enter(self, module, args) -> None:
-        if self._depth == 0 and torch.is_grad_enabled() and (self.doctor is None or self.doctor.active):
-            self._roots.setdefault(id(module), module)
+        if self._depth == 0 and id(module) not in self._roots and torch.is_grad_enabled() \
+                and any(p.requires_grad for p in module.parameters()):
+            self._roots[id(module)] = module
         self._depth += 1
 
     def _leave(self, module, args, output) -> None:
@@ -173,20 +175,20 @@ class ScriptWatcher:
             if model is None:
                 return  # a closure optimizer: the model is found at the closure's backward
             if self.doctor is not None:  # the provisional watcher of the first backward passes
-                self.doctor.active = False
-                self.doctor.exchange_at_end = False
+                self.doctor.active = False   # discarded: no final flush
+                if isinstance(self.doctor, DistributedDoctor):
+                    self.doctor.exchange_at_end = False  # nor a last exchange (its own failure included)
                 self.doctor.detach()
                 self.doctor = None
             self._found(model, optimizer)  # its own pre-hook runs right after this global one
 
     def _on_step_end(self, optimizer) -> None:
-        if optimizer is not self.optimizer:
-            return
-        self._stepping = None
         doctor = self.doctor
-        if doctor is not None and doctor.optimizer is optimizer and self._step_loss is not None:
-            doctor.log(loss=self._step_loss)
-        self._step_loss = None
+        if optimizer is self.optimizer:
+            self._stepping = None
+            if doctor is not None and doctor.optimizer is optimizer and self._step_loss is not None:
+                doctor.log(loss=self._step_loss)
+        self._step_loss = None  # another optimizer's loss (a GAN's other half) is not this one's
 
     # ---- the model -------------------------------------------------------------------
     def _model_for(self, optimizer) -> nn.Module | None:
@@ -205,8 +207,7 @@ class ScriptWatcher:
         kind = DistributedDoctor if distributed_world() else Doctor
         self.doctor = kind(model, optimizer, **self.options)
         self.doctor.attach()
-        if optimizer is not None:
-            self._remove_module_hooks()
+        self._remove_module_hooks()  # the candidates are known; the steps need no module hook
 
     # ---- the end ---------------------------------------------------------------------
     def finish_distributed(self) -> None:
@@ -243,7 +244,7 @@ def run(script: str, args: list[str], out: str | Path = "nndoctor-report", **opt
     with open(path, "rb") as f:
         source = f.read()
     main = types.ModuleType("__main__")
-    main.__dict__.update({"__file__": path, "__builtins__": __builtins__, "__cached__": None})
+    main.__dict__.update({"__file__": path, "__builtins__": builtins, "__cached__": None})
     saved_main, saved_argv, saved_path0 = sys.modules.get("__main__"), sys.argv, sys.path[0] if sys.path else None
     sys.modules["__main__"] = main
     sys.argv = [script, *args]
