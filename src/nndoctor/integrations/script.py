@@ -254,14 +254,13 @@ def run(script: str, args: list[str], out: str | Path = "nndoctor-report", **opt
     else:
         sys.path.insert(0, folder)
     watcher = ScriptWatcher(namespace=main.__dict__, **options)
-    status, ended, finished = 0, None, False
+    status, ended = 0, None
     watcher.install()
     try:
         code = compile(source, path, "exec", dont_inherit=True)
         exec(code, main.__dict__)
-        finished = True
     except SystemExit as exc:
-        status, finished = _exit_status(exc.code), True
+        status = _exit_status(exc.code)
         if status:
             ended = f"sys.exit({exc.code!r})"
     except KeyboardInterrupt as exc:
@@ -297,7 +296,7 @@ def _print_script_traceback(exc: BaseException, path: str) -> None:
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename != path:
         tb = tb.tb_next
-    traceback.print_exception(type(exc), exc, tb if tb is not None else exc.__traceback__)
+    traceback.print_exception(type(exc), exc, tb)  # no frame of the script: a SyntaxError, printed bare
     sys.stderr.flush()
 
 

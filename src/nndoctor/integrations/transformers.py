@@ -10,7 +10,8 @@ The Trainer never hands its loss to callbacks; a forward hook on the model reads
 `outputs.loss` of each training micro-batch instead (a model built for training returns it
 when the batch has labels). When the Trainer passes `num_items_in_batch` (the model takes
 loss kwargs), each micro-batch loss is already a share of the window's mean and the
-shares are summed; otherwise the micro-batch means are averaged. Validation losses come
+shares are summed (times the number of processes when the count was gathered across
+them); otherwise the micro-batch means are averaged. Validation losses come
 from `on_evaluate` (`eval_loss`). Under torchrun every process watches its replica and rank
 0 writes the report (see `distributed`). Needs `pip install "nndoctor[transformers]"`.
 """
@@ -64,7 +65,11 @@ class DoctorCallback(TrainerCallback):
             return
         if doctor.step > self._step_before and self._losses and doctor.active:  # the step was taken
             losses = torch.stack(self._losses)
-            doctor.log(loss=losses.sum() if self._summed else losses.mean())
+            if not self._summed:
+                doctor.log(loss=losses.mean())
+            else:  # shares of a token count gathered over all processes: this process's mean
+                across = args.world_size if getattr(args, "average_tokens_across_devices", False) else 1
+                doctor.log(loss=losses.sum() * max(1, across))
         self._losses = []
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
