@@ -214,3 +214,56 @@ def test_cli_keeps_the_exit_status_and_names_a_missing_script(tmp_path):
                              capture_output=True, text=True, env=env, timeout=120)
     assert missing.returncode == 1
     assert missing.stderr.strip().splitlines() == [f"nndoctor: error: no such file: {tmp_path / 'nope.py'}"]
+
+
+def test_watching_changes_no_number_of_the_training(tmp_path):
+    body = ADAMW + "\n    torch.save(model.state_dict(), sys.argv[2])\n"
+    path = script(tmp_path, body)
+    import runpy
+    argv = sys.argv
+    try:
+        sys.argv = [str(path), "1e-2", str(tmp_path / "plain.pt")]
+        runpy.run_path(str(path), run_name="__main__")
+    finally:
+        sys.argv = argv
+    assert run(str(path), ["1e-2", str(tmp_path / "watched.pt")], out=tmp_path / "report") == 0
+    plain, watched_ = torch.load(tmp_path / "plain.pt"), torch.load(tmp_path / "watched.pt")
+    assert all(torch.equal(plain[k], watched_[k]) for k in plain)
+
+
+def test_two_optimizers_the_first_to_step_is_watched_with_its_own_loss(tmp_path):
+    status, report = watched(tmp_path, """
+        import torch
+        from torch import nn
+        torch.manual_seed(0)
+        G = nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Linear(32, 2))
+        D = nn.Sequential(nn.Linear(2, 32), nn.LeakyReLU(0.2), nn.Linear(32, 1))
+        opt_g, opt_d = torch.optim.Adam(G.parameters(), 1e-3), torch.optim.Adam(D.parameters(), 1e-3)
+        bce = nn.BCEWithLogitsLoss()
+        for step in range(60):
+            real, fake = torch.randn(64, 2) * 0.5 + 2, G(torch.randn(64, 4))
+            d_loss = bce(D(real), torch.ones(64, 1)) + bce(D(fake.detach()), torch.zeros(64, 1))
+            opt_d.zero_grad(); d_loss.backward(); opt_d.step()
+            g_loss = bce(D(fake), torch.ones(64, 1)) * 100   # far from d_loss: a mix-up would show
+            opt_g.zero_grad(); g_loss.backward(); opt_g.step()
+        """)
+    assert status == 0 and report.meta["parameters"] == 2 * 32 + 32 + 32 + 1  # D's
+    assert max(report.series["loss"]["value"]) < 2  # D's loss (~1.4), never G's (~100x larger)
+    assert any("only the first optimizer" in n for n in report.notes)
+
+
+def test_modules_called_separately_are_watched_together(tmp_path):
+    status, report = watched(tmp_path, """
+        import torch
+        from torch import nn
+        torch.manual_seed(0)
+        encoder = nn.Sequential(nn.Linear(8, 16), nn.ReLU())
+        decoder = nn.Linear(16, 8)
+        opt = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], 1e-2)
+        X = torch.randn(256, 8)
+        for step in range(100):
+            loss = nn.functional.mse_loss(decoder(encoder(X)), X)
+            opt.zero_grad(); loss.backward(); opt.step()
+        """)
+    assert status == 0
+    assert {"grad_norm/encoder.0.weight", "grad_norm/decoder.weight"} <= set(report.series)
