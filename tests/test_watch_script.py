@@ -178,7 +178,7 @@ def global_hooks():
     from torch.optim import optimizer
     return (len(module._global_forward_pre_hooks), len(module._global_forward_hooks),
             len(optimizer._global_optimizer_pre_hooks), len(optimizer._global_optimizer_post_hooks),
-            torch.autograd.backward, torch.distributed.destroy_process_group)
+            torch.autograd.backward, torch.distributed.destroy_process_group, torch.amp.GradScaler.scale)
 
 
 @pytest.mark.parametrize("ending, status", [("raise ValueError('bad batch')", 1), ("raise KeyboardInterrupt", 130),
@@ -267,3 +267,29 @@ def test_modules_called_separately_are_watched_together(tmp_path):
         """)
     assert status == 0
     assert {"grad_norm/encoder.0.weight", "grad_norm/decoder.weight"} <= set(report.series)
+
+
+def test_amp_with_grad_scaler_is_judged_unscaled(tmp_path):
+    status, report = watched(tmp_path, """
+        import torch
+        from torch import nn
+        torch.manual_seed(0)
+        X = torch.randn(1024, 20)
+        y = (X[:, :5].sum(1) > 0).long()
+        model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 2))
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 30)   # the first steps overflow: skipped
+        for step in range(150):
+            i = (step % 32) * 32
+            with torch.autocast("cpu", dtype=torch.float16):
+                loss = nn.functional.cross_entropy(model(X[i:i + 32]), y[i:i + 32])
+            opt.zero_grad()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        """)
+    assert status == 0
+    assert 100 < report.meta["steps"] < 150  # the skipped steps never reached the optimizer
+    assert max(report.series["loss"]["value"]) < 5  # scaled by 2**30 the loss would be ~1e9
+    assert max(report.series["grad_norm/total"]["value"]) < 100
+    assert problems(report) == []

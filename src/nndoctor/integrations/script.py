@@ -9,14 +9,17 @@ find what the script never hands over:
 - the optimizer: the first one to step (the global optimizer step pre/post hooks);
 - the loss: the scalar tensor that `backward()` is called on (torch.autograd.backward is
   wrapped: PyTorch has no global backward-call hook); the first one of each optimizer step,
-  which for a closure optimizer (LBFGS) is the loss at the start of the step.
+  which for a closure optimizer (LBFGS) is the loss at the start of the step. Under AMP,
+  `scaler.scale(loss).backward()`, the loss before scaling (GradScaler.scale is wrapped too).
+  The gradients are read at the optimizer step, after GradScaler unscaled them; a step it
+  skips never reaches the optimizer's hooks.
 
 Scripts without torch.optim (a hand-written `p.data.add_(-lr * p.grad)`) are watched too:
 until an optimizer steps, each backward counts as one step and the update is measured
 from the weights between two backward passes. The first optimizer step replaces that
 provisional watcher with one on the optimizer (gradient accumulation runs several backward
 passes before it). The module hooks are removed as soon as the model is known; every hook
-and the wrapped function are restored at the end, whatever happened.
+and the wrapped functions are restored at the end, whatever happened.
 """
 from __future__ import annotations
 
@@ -26,10 +29,12 @@ import sys
 import traceback
 import types
 import warnings
+import weakref
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.amp import GradScaler
 
 from ..findings import Finding, Report
 from ..watcher import Doctor
@@ -53,6 +58,8 @@ class ScriptWatcher:
         self._optimizer_hooks: list = []
         self._backward = None
         self._destroy = None
+        self._scale = None
+        self._unscaled: tuple | None = None  # (weak ref to GradScaler.scale's output, the loss given to it)
         self.broken = False
 
     # ---- install / remove ------------------------------------------------------------
@@ -65,6 +72,8 @@ class ScriptWatcher:
                                  optimizer_hooks.register_optimizer_step_post_hook(self._after_optimizer_step)]
         self._backward = torch.autograd.backward
         torch.autograd.backward = self._wrapped_backward
+        self._scale = GradScaler.scale
+        GradScaler.scale = self._scaling_method()
         if torch.distributed.is_available():  # the final exchange must come before the group is gone
             self._destroy = torch.distributed.destroy_process_group
             torch.distributed.destroy_process_group = self._wrapped_destroy
@@ -77,6 +86,9 @@ class ScriptWatcher:
         if self._backward is not None:
             torch.autograd.backward = self._backward
             self._backward = None
+        if self._scale is not None:
+            GradScaler.scale = self._scale
+            self._scale = None
         if self._destroy is not None:
             torch.distributed.destroy_process_group = self._destroy
             self._destroy = None
@@ -123,6 +135,18 @@ class ScriptWatcher:
             self._guard(self._after_backward, tensors)
         return result
 
+    def _scaling_method(self):
+        """GradScaler.scale that also remembers which loss it scaled: AMP scripts call
+        `scaler.scale(loss).backward()`, and the loss to judge is the unscaled one."""
+        original, watcher = self._scale, self
+
+        def scale(scaler, outputs):
+            scaled = original(scaler, outputs)
+            if isinstance(outputs, torch.Tensor) and isinstance(scaled, torch.Tensor):
+                watcher._unscaled = (weakref.ref(scaled), outputs.detach())
+            return scaled
+        return scale
+
     def _wrapped_destroy(self, *args, **kwargs):
         if sys.exc_info()[0] is None:  # not on the way out of a failure (a `finally:` after an error)
             self._guard(self.finish_distributed)
@@ -141,6 +165,8 @@ class ScriptWatcher:
         loss = tensors if isinstance(tensors, torch.Tensor) else None
         if loss is None or loss.numel() != 1 or not loss.is_floating_point():
             return  # not a loss (a vector-Jacobian product, several roots): no step to count
+        if self._unscaled is not None and self._unscaled[0]() is loss:
+            loss = self._unscaled[1]
         loss = loss.detach().reshape(())
         if self._step_loss is None:
             self._step_loss = loss
