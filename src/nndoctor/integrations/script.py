@@ -318,11 +318,18 @@ def _exit_status(code) -> int:
 
 
 def _print_script_traceback(exc: BaseException, path: str) -> None:
-    """The traceback from the script's first frame on, as `python SCRIPT.py` prints it."""
+    """The traceback as `python SCRIPT.py` prints it: from the script's first frame on, and
+    without the frames of this module's wrappers (backward, GradScaler.scale)."""
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename != path:
         tb = tb.tb_next
-    traceback.print_exception(type(exc), exc, tb)  # no frame of the script: a SyntaxError, printed bare
+    top = traceback.TracebackException(type(exc), exc, tb)  # no frame of the script: a SyntaxError
+    shown, seen = top, set()
+    while shown is not None and id(shown) not in seen:
+        seen.add(id(shown))
+        shown.stack = traceback.StackSummary.from_list([f for f in shown.stack if f.filename != __file__])
+        shown = shown.__cause__ or shown.__context__
+    sys.stderr.write("".join(top.format()))
     sys.stderr.flush()
 
 
