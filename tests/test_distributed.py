@@ -35,25 +35,41 @@ DDP_SCRIPT = """
     model = DDP(nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 2)))
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     g = torch.Generator().manual_seed(rank)
-    for step in range(150):
-        idx = torch.randint(0, 2048, (32,), generator=g)
-        x = X[idx].clone()
-        if mode == "nan" and rank == odd_rank and step == 70:
-            x[3, 2] = float("nan")   # one bad sample on one rank
-        loss = nn.functional.cross_entropy(model(x), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+
+    def train(doctor=None):
+        for step in range(150):
+            idx = torch.randint(0, 2048, (32,), generator=g)
+            x = X[idx].clone()
+            if mode == "nan" and rank == odd_rank and step == 70:
+                x[3, 2] = float("nan")   # one bad sample on one rank
+            loss = nn.functional.cross_entropy(model(x), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if doctor is not None:
+                doctor.log(loss=loss)
+
+    if mode == "api":  # the user's own loop, watched on every rank
+        from nndoctor.integrations.distributed import watch
+        with watch(model, opt) as doctor:
+            train(doctor)
+        report = doctor.report()
+        if rank == 0:
+            report.save_json(sys.argv[3])
+    else:
+        train()
     dist.destroy_process_group()
 """
 
 
-def torchrun(tmp_path: Path, *args: str):
+def torchrun(tmp_path: Path, *args: str, under_nndoctor_watch: bool = True):
     script = tmp_path / "train_ddp.py"
     script.write_text(textwrap.dedent(DDP_SCRIPT))
+    (tmp_path / "out").mkdir()
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src"), OMP_NUM_THREADS="1")
+    runner = ["-m", "nndoctor.cli", "watch", "--out", str(tmp_path / "out")] if under_nndoctor_watch else []
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "nndoctor.cli", "watch", "--out", str(tmp_path / "out"), str(script), *args]
+           *runner, str(script), *args]
     launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                 cwd=tmp_path, start_new_session=True)
     try:
@@ -81,4 +97,11 @@ def test_healthy_job_stays_silent_even_when_one_rank_stops_watching(tmp_path):
     done, report = torchrun(tmp_path, "doctor-fails", "1")  # no deadlock: rank 1 keeps joining exchanges
     assert "simulated internal error" in done.stderr  # rank 1 warned once and trained on
     assert report["meta"]["steps"] == 150 and report["meta"]["losses_logged"] == 150
+    assert [f["code"] for f in report["findings"] if f["severity"] != "info"] == []
+
+
+def test_own_loop_with_the_distributed_watch(tmp_path):
+    _, report = torchrun(tmp_path, "api", "0", str(tmp_path / "out" / "report.json"), under_nndoctor_watch=False)
+    assert report["meta"]["world_size"] == 2 and report["meta"]["steps"] == 150
+    assert len(report["series"]["loss"]["value"]) == 150  # merged: one mean loss per step
     assert [f["code"] for f in report["findings"] if f["severity"] != "info"] == []
