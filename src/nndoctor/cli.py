@@ -29,6 +29,14 @@ def build_parser() -> Parser:
     demo.add_argument("--only", metavar="TEXT", help="run only the scenarios whose name contains TEXT")
     demo.add_argument("--repair", action="store_true",
                       help="repair each sick network and show before -> after (each fix proven by a re-run)")
+    watch = sub.add_parser("watch", help="run a training script unchanged and diagnose it",
+                           description="Runs SCRIPT.py as __main__ with its own arguments (like `python SCRIPT.py "
+                                       "ARGS`), watches its training through global hooks, then prints the report "
+                                       "and writes DIR/report.json and DIR/report.html. Keeps the script's exit status.")
+    watch.add_argument("--out", default="nndoctor-report", metavar="DIR",
+                       help="folder for report.json and report.html (default: %(default)s)")
+    watch.add_argument("script", metavar="SCRIPT.py", help="the training script")
+    watch.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="the script's own arguments")
     show = sub.add_parser("show", help="print a saved report (REPORT.json); --html writes the page",
                           description="Prints a report saved as JSON; with --html, writes the HTML page too.")
     show.add_argument("report", help="path to a report .json file")
@@ -45,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "show":
             return show(args.report, args.html)
+        if args.command == "watch":
+            return watch(args.script, args.args, args.out)
         from .demo import run_demo, run_repair_demo
         if args.repair:
             return run_repair_demo(only=args.only)
@@ -70,6 +80,15 @@ def load_report(path: str):
         raise UsageError(f"{path} is not a JSON report ({type(exc).__name__})") from None
     except (ValueError, TypeError, KeyError) as exc:
         raise UsageError(f"{path} is not an nndoctor report: {exc}") from None
+
+
+def watch(script: str, script_args: list[str], out: str) -> int:
+    path = Path(script)
+    if not path.is_file():
+        print(f"nndoctor: error: {'not a file' if path.exists() else 'no such file'}: {script}", file=sys.stderr)
+        return EXIT_INPUT
+    from .integrations.script import run
+    return run(script, script_args, out=out)
 
 
 def show(path: str, html: str | None) -> int:

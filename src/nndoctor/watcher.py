@@ -57,7 +57,8 @@ class Doctor:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
                  sample_every: int = 20, flush_every: int = 50, planned_steps: int | None = None,
-                 judge_share: float = JUDGE_SHARE):
+                 judge_share: float = JUDGE_SHARE, step_hooks: bool = True,
+                 reducer=None, sinks=(), tensorboard=None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"watch() needs a torch.nn.Module, not {type(model).__name__}")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
@@ -68,6 +69,18 @@ class Doctor:
         self.flush_every = max(1, int(flush_every))
         self.planned_steps = planned_steps
         self.judge_share = judge_share
+        # ---- integrations (nndoctor/integrations/) -------------------------------------
+        # step_hooks=False: a framework drives _before_step/_after_step from its own callbacks
+        # (its optimizer.step runs the backward inside a closure, after the step pre-hooks).
+        # reducer(doctor, rows) -> rows merges each flush's rows across processes (DDP);
+        # each sink gets .flushed(doctor, rows) at every flush and .reported(report).
+        self.step_hooks = step_hooks
+        self.reducer = reducer
+        self.sinks = list(sinks)
+        if tensorboard is not None:
+            from .integrations.tensorboard import TensorBoardSink
+            self.sinks.append(TensorBoardSink(tensorboard))
+        # ---------------------------------------------------------------------------------
         self.active = True
         self.failure: str | None = None
         self.step = 0
@@ -107,7 +120,7 @@ class Doctor:
 
     def attach(self) -> None:
         h = self._handles
-        if self.optimizer is not None:
+        if self.optimizer is not None and self.step_hooks:
             h.append(self.optimizer.register_step_pre_hook(self._before_step))
             h.append(self.optimizer.register_step_post_hook(self._after_step))
         h.append(self.model.register_forward_pre_hook(self._guard_hook([self.sentinel.on_input])))
@@ -194,7 +207,10 @@ class Doctor:
                 "watch_seconds": round(time.perf_counter() - self._started, 3),
                 "sample_every": self.sample_every, "flush_every": self.flush_every,
                 "module_order": list(self.sentinel.order)}  # input -> output, for the report's plots
-        return Report(findings=findings, meta=meta, notes=notes, series=self._series())
+        report = Report(findings=findings, meta=meta, notes=notes, series=self._series())
+        for sink in self.sinks:
+            sink.reported(report)
+        return report
 
     # ---- optimizer hooks -------------------------------------------------------------
     @guarded
@@ -237,7 +253,7 @@ class Doctor:
     # ---- flush: device buffers -> history ---------------------------------------------
     @guarded
     def flush(self) -> None:
-        h = self.history
+        h = _Rows() if self.reducer or self.sinks else self.history
         for (name,), steps, values in self._scalars.flush():
             h[name].extend(steps, values[:, 0])
         names = [n for n, _ in self.params]
@@ -266,6 +282,12 @@ class Doctor:
             self._probe_rnns()
         had_origin = self.sentinel.origin is not None
         self.sentinel.flush()
+        if isinstance(h, _Rows):  # integrations: merge across processes, then record and pass on
+            rows = self.reducer(self, h.rows) if self.reducer else h.rows
+            for name, steps, values in rows:
+                self.history[name].extend(steps, values)
+            for sink in self.sinks:
+                sink.flushed(self, rows)
         if self.sentinel.origin is not None and not had_origin:
             self._explain_origin(self.sentinel.origin)
 
@@ -320,6 +342,25 @@ class Doctor:
                 **self.histograms.series()}
 
 
+class _Rows:
+    """Stands in for the History during a flush: collects (name, steps, values) rows so a
+    reducer and the sinks see exactly what the flush brought (see Doctor.flush)."""
+
+    def __init__(self):
+        self.rows: list[tuple[str, np.ndarray, np.ndarray]] = []
+
+    def __getitem__(self, name: str) -> "_Rows._Tap":
+        return _Rows._Tap(self.rows, name)
+
+    class _Tap:
+        def __init__(self, rows: list, name: str):
+            self.rows, self.name = rows, name
+
+        def extend(self, steps, values) -> None:
+            self.rows.append((self.name, np.asarray(steps), np.asarray(values, dtype=np.float64)))
+
+
 def watch(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, **options) -> Doctor:
-    """Watch `model` (and `optimizer`) in the user's own loop; see `Doctor`."""
+    """Watch `model` (and `optimizer`) in the user's own loop; see `Doctor`.
+    `tensorboard=LOGDIR` also writes the traces and findings there at each flush."""
     return Doctor(model, optimizer, **options)

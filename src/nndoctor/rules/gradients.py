@@ -94,7 +94,9 @@ def grad_exploding(run: Run) -> Finding | None:
     start = float(np.median(norms[:3])) if np.isfinite(norms[:3]).all() else float("nan")
     _, loss = run.loss()
     if np.isfinite(start) and start > 0:
-        grown = norms > EXPLODE_GROWTH * start  # a NaN without growth is a bad op, not an explosion
+        # a NaN without growth is a bad op, not an explosion; a first gradient far above the next
+        # ones (a fast-converging LBFGS) has not grown either: growth must pass where it started
+        grown = (norms > EXPLODE_GROWTH * start) & (norms > norms[0])
         if grown.any():
             i = int(np.argmax(grown))
             peak = float(np.nanmax(np.where(np.isfinite(norms), norms, np.nan))) if np.isfinite(norms).any() else start

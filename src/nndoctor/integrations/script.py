@@ -1,0 +1,347 @@
+"""`nndoctor watch SCRIPT.py ARGS...`: diagnose a training script that knows nothing about nndoctor.
+
+The script runs as `__main__`, exactly as `python SCRIPT.py ARGS` would run it. Global hooks
+find what the script never hands over:
+
+- the model: the outermost modules called (a global module forward pre-hook and forward
+  hook track the call depth) whose parameters the optimizer holds or that get gradients;
+  several such modules (an encoder and a decoder called separately) are watched together;
+- the optimizer: the first one to step (the global optimizer step pre/post hooks);
+- the loss: the scalar tensor that `backward()` is called on (torch.autograd.backward is
+  wrapped: PyTorch has no global backward-call hook); the first one of each optimizer step,
+  which for a closure optimizer (LBFGS) is the loss at the start of the step. Under AMP,
+  `scaler.scale(loss).backward()`, the loss before scaling (GradScaler.scale is wrapped too).
+  The gradients are read at the optimizer step, after GradScaler unscaled them; a step it
+  skips never reaches the optimizer's hooks.
+
+Scripts without torch.optim (a hand-written `p.data.add_(-lr * p.grad)`) are watched too:
+until an optimizer steps, each backward counts as one step and the update is measured
+from the weights between two backward passes. The first optimizer step replaces that
+provisional watcher with one on the optimizer (gradient accumulation runs several backward
+passes before it). The module hooks are removed as soon as the model is known; every hook
+and the wrapped functions are restored at the end, whatever happened.
+"""
+from __future__ import annotations
+
+import builtins
+import os
+import sys
+import traceback
+import types
+import warnings
+import weakref
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.amp import GradScaler
+
+from ..findings import Finding, Report
+from ..watcher import Doctor
+from .distributed import DistributedDoctor, distributed_world
+
+
+class ScriptWatcher:
+    """Finds the model, the optimizer and the loss of a running script and watches them."""
+
+    def __init__(self, namespace: dict | None = None, **options):
+        self.options = options
+        self.namespace = namespace if namespace is not None else {}
+        self.doctor: Doctor | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.notes: list[str] = []
+        self._roots: dict[int, nn.Module] = {}   # outermost modules called with grad enabled
+        self._depth = 0
+        self._stepping: torch.optim.Optimizer | None = None  # the watched optimizer is inside step()
+        self._step_loss: torch.Tensor | None = None  # first loss backpropagated in this optimizer step
+        self._module_hooks: list = []
+        self._optimizer_hooks: list = []
+        self._backward = None
+        self._destroy = None
+        self._scale = None
+        self._unscaled: tuple | None = None  # (weak ref to GradScaler.scale's output, the loss given to it)
+        self.broken = False
+
+    # ---- install / remove ------------------------------------------------------------
+    def install(self) -> None:
+        from torch.nn.modules import module as module_hooks
+        from torch.optim import optimizer as optimizer_hooks
+        self._module_hooks = [module_hooks.register_module_forward_pre_hook(self._enter),
+                              module_hooks.register_module_forward_hook(self._leave, always_call=True)]
+        self._optimizer_hooks = [optimizer_hooks.register_optimizer_step_pre_hook(self._before_optimizer_step),
+                                 optimizer_hooks.register_optimizer_step_post_hook(self._after_optimizer_step)]
+        self._backward = torch.autograd.backward
+        torch.autograd.backward = self._wrapped_backward
+        self._scale = GradScaler.scale
+        GradScaler.scale = self._scaling_method()
+        if torch.distributed.is_available():  # the final exchange must come before the group is gone
+            self._destroy = torch.distributed.destroy_process_group
+            torch.distributed.destroy_process_group = self._wrapped_destroy
+
+    def remove(self) -> None:
+        self._remove_module_hooks()
+        for handle in self._optimizer_hooks:
+            handle.remove()
+        self._optimizer_hooks = []
+        if self._backward is not None:
+            torch.autograd.backward = self._backward
+            self._backward = None
+        if self._scale is not None:
+            GradScaler.scale = self._scale
+            self._scale = None
+        if self._destroy is not None:
+            torch.distributed.destroy_process_group = self._destroy
+            self._destroy = None
+
+    def _remove_module_hooks(self) -> None:
+        for handle in self._module_hooks:
+            handle.remove()
+        self._module_hooks = []
+
+    def _guard(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:  # our bug must never stop the script
+            self._stop(exc)
+
+    def _stop(self, exc: Exception) -> None:
+        """After our own error: stop observing; the wrapped functions pass straight through
+        until `remove()` restores them (a DistributedDoctor keeps joining the exchanges)."""
+        self.broken = True
+        self._remove_module_hooks()
+        for handle in self._optimizer_hooks:
+            handle.remove()
+        self._optimizer_hooks = []
+        if self.doctor is not None and self.doctor.active:
+            self.doctor._fail(exc)
+        else:
+            warnings.warn(f"nndoctor stopped watching after an internal error ({type(exc).__name__}: {exc}); "
+                          "the script continues unaffected.", RuntimeWarning, stacklevel=3)
+        self.notes.append(f"watching stopped early after an internal error: {type(exc).__name__}: {exc}")
+
+    # ---- global hooks ----------------------------------------------------------------
+    def _enter(self, module, args) -> None:
+        if self._depth == 0 and id(module) not in self._roots and torch.is_grad_enabled() \
+                and any(p.requires_grad for p in module.parameters()):
+            self._roots[id(module)] = module
+        self._depth += 1
+
+    def _leave(self, module, args, output) -> None:
+        self._depth = max(0, self._depth - 1)
+
+    def _wrapped_backward(self, tensors, *args, **kwargs):
+        result = self._backward(tensors, *args, **kwargs)
+        if not self.broken:
+            self._guard(self._after_backward, tensors)
+        return result
+
+    def _scaling_method(self):
+        """GradScaler.scale that also remembers which loss it scaled: AMP scripts call
+        `scaler.scale(loss).backward()`, and the loss to judge is the unscaled one."""
+        original, watcher = self._scale, self
+
+        def scale(scaler, outputs):
+            scaled = original(scaler, outputs)
+            if isinstance(outputs, torch.Tensor) and isinstance(scaled, torch.Tensor):
+                watcher._unscaled = (weakref.ref(scaled), outputs.detach())
+            return scaled
+        return scale
+
+    def _wrapped_destroy(self, *args, **kwargs):
+        if sys.exc_info()[0] is None:  # not on the way out of a failure (a `finally:` after an error)
+            self._guard(self.finish_distributed)
+        elif isinstance(self.doctor, DistributedDoctor):
+            self.doctor.exchange_at_end = False
+        return self._destroy(*args, **kwargs)
+
+    def _before_optimizer_step(self, optimizer, args, kwargs) -> None:
+        self._guard(self._on_step_begin, optimizer)
+
+    def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
+        self._guard(self._on_step_end, optimizer)
+
+    # ---- what each event means -------------------------------------------------------
+    def _after_backward(self, tensors) -> None:
+        loss = tensors if isinstance(tensors, torch.Tensor) else None
+        if loss is None or loss.numel() != 1 or not loss.is_floating_point():
+            return  # not a loss (a vector-Jacobian product, several roots): no step to count
+        if self._unscaled is not None and self._unscaled[0]() is loss:
+            loss = self._unscaled[1]
+        loss = loss.detach().reshape(())
+        if self._step_loss is None:
+            self._step_loss = loss
+        if self.doctor is None:
+            model = self._model_for(self._stepping)
+            if model is None:
+                return
+            self._found(model, self._stepping)
+            if self._stepping is not None:  # inside a closure optimizer's step: its pre-hook has passed
+                self.doctor._before_step(self._stepping, (), {})
+                return
+        doctor = self.doctor
+        if doctor.optimizer is None and doctor.active:  # hand-written update: one backward, one step
+            doctor.updates.after_step()  # the weights moved since the last backward
+            step = doctor.step
+            doctor.log(loss=loss)
+            if step % doctor.sample_every == 0:
+                doctor.updates.before_step(step)
+
+    def _on_step_begin(self, optimizer) -> None:
+        if self.optimizer is None:
+            self.optimizer = optimizer
+        elif optimizer is not self.optimizer:
+            note = (f"only the first optimizer to step ({type(self.optimizer).__name__}) is watched; "
+                    f"another {type(optimizer).__name__} also steps")
+            if note not in self.notes:
+                self.notes.append(note)
+            return
+        self._stepping = optimizer
+        if self.doctor is None or self.doctor.optimizer is None:
+            model = self._model_for(optimizer)
+            if model is None:
+                return  # a closure optimizer: the model is found at the closure's backward
+            if self.doctor is not None:  # the provisional watcher of the first backward passes
+                self.doctor.active = False   # discarded: no final flush
+                if isinstance(self.doctor, DistributedDoctor):
+                    self.doctor.exchange_at_end = False  # nor a last exchange (its own failure included)
+                self.doctor.detach()
+                self.doctor = None
+            self._found(model, optimizer)  # its own pre-hook runs right after this global one
+
+    def _on_step_end(self, optimizer) -> None:
+        doctor = self.doctor
+        if optimizer is self.optimizer:
+            self._stepping = None
+            if doctor is not None and doctor.optimizer is optimizer and self._step_loss is not None:
+                doctor.log(loss=self._step_loss)
+        self._step_loss = None  # another optimizer's loss (a GAN's other half) is not this one's
+
+    # ---- the model -------------------------------------------------------------------
+    def _model_for(self, optimizer) -> nn.Module | None:
+        """The outermost module(s) called so far that hold the trained parameters."""
+        wanted = {id(p) for g in optimizer.param_groups for p in g["params"]} if optimizer is not None else None
+        roots = [m for m in self._roots.values()
+                 if any(p.requires_grad and (wanted is None or id(p) in wanted) for p in m.parameters())]
+        inner = {id(sub) for m in roots for sub in m.modules() if sub is not m}
+        roots = [m for m in roots if id(m) not in inner]
+        if len(roots) <= 1:
+            return roots[0] if roots else None
+        names = {id(v): k for k, v in self.namespace.items() if isinstance(v, nn.Module) and "." not in k}
+        return nn.ModuleDict({names.get(id(m), f"{type(m).__name__}_{i}"): m for i, m in enumerate(roots)})
+
+    def _found(self, model: nn.Module, optimizer) -> None:
+        kind = DistributedDoctor if distributed_world() else Doctor
+        self.doctor = kind(model, optimizer, **self.options)
+        self.doctor.attach()
+        self._remove_module_hooks()  # the candidates are known; the steps need no module hook
+
+    # ---- the end ---------------------------------------------------------------------
+    def finish_distributed(self) -> None:
+        """The last exchange across ranks: every rank detaches at the same point (the end of
+        the script, or its destroy_process_group call, whichever comes first)."""
+        if isinstance(self.doctor, DistributedDoctor):
+            self.doctor.detach()
+
+    def report(self, ended: str | None) -> Report:
+        """The verdict. `ended` says how the script ended when it did not finish normally."""
+        doctor = self.doctor
+        if doctor is None:
+            why = f"the script stopped ({ended}) before" if ended else "the script ran to its end without"
+            finding = Finding.make("run.failed", f"No training was seen: {why} a backward() call on a scalar loss.",
+                                   fix="Run the training script itself (the one that calls loss.backward()), "
+                                       "or watch your own loop with nndoctor.watch(model, optimizer).")
+            return Report(findings=[finding], meta={"steps": 0}, notes=list(self.notes))
+        if ended and isinstance(doctor, DistributedDoctor):
+            doctor.exchange_at_end = False  # this rank failed: its launcher tears the job down
+        doctor.detach()
+        report = doctor.report()
+        report.meta["optimizer"] = type(self.optimizer).__name__ if self.optimizer is not None else "none (hand-written update)"
+        report.notes.extend(self.notes)
+        if ended:
+            report.notes.append(f"the script stopped early ({ended}) after {doctor.step} steps")
+        return report
+
+
+# ---- running the script ---------------------------------------------------------------
+def run(script: str, args: list[str], out: str | Path = "nndoctor-report", **options) -> int:
+    """Run `script` under the watcher like `python script args`; print and save the report;
+    return the script's exit status."""
+    path = os.path.abspath(script)
+    with open(path, "rb") as f:
+        source = f.read()
+    main = types.ModuleType("__main__")
+    main.__dict__.update({"__file__": path, "__builtins__": builtins, "__cached__": None})
+    saved_main, saved_argv, saved_path0 = sys.modules.get("__main__"), sys.argv, sys.path[0] if sys.path else None
+    sys.modules["__main__"] = main
+    sys.argv = [script, *args]
+    folder = os.path.dirname(os.path.realpath(path))
+    if sys.path:
+        sys.path[0] = folder
+    else:
+        sys.path.insert(0, folder)
+    watcher = ScriptWatcher(namespace=main.__dict__, **options)
+    status, ended = 0, None
+    watcher.install()
+    try:
+        code = compile(source, path, "exec", dont_inherit=True)
+        exec(code, main.__dict__)
+    except SystemExit as exc:
+        status = _exit_status(exc.code)
+        if status:
+            ended = f"sys.exit({exc.code!r})"
+    except KeyboardInterrupt as exc:
+        _print_script_traceback(exc, path)
+        status, ended = 130, "KeyboardInterrupt"
+    except BaseException as exc:  # the script's own error: print it as Python would
+        _print_script_traceback(exc, path)
+        status, ended = 1, f"{type(exc).__name__}: {exc}"
+    finally:
+        sys.modules["__main__"], sys.argv = saved_main, saved_argv
+        if saved_path0 is not None:
+            sys.path[0] = saved_path0
+    try:
+        report = watcher.report(ended)
+    finally:
+        watcher.remove()
+    if getattr(watcher.doctor, "rank", 0) == 0:
+        _show(report, Path(out))
+    return status
+
+
+def _exit_status(code) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)  # sys.exit("message"): Python prints it and exits with 1
+    return 1
+
+
+def _print_script_traceback(exc: BaseException, path: str) -> None:
+    """The traceback as `python SCRIPT.py` prints it: from the script's first frame on, and
+    without the frames of this module's wrappers (backward, GradScaler.scale)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename != path:
+        tb = tb.tb_next
+    top = traceback.TracebackException(type(exc), exc, tb)  # no frame of the script: a SyntaxError
+    shown, seen = top, set()
+    while shown is not None and id(shown) not in seen:
+        seen.add(id(shown))
+        shown.stack = traceback.StackSummary.from_list([f for f in shown.stack if f.filename != __file__])
+        shown = shown.__cause__ or shown.__context__
+    sys.stderr.write("".join(top.format()))
+    sys.stderr.flush()
+
+
+def _show(report: Report, out: Path) -> None:
+    from rich.console import Console
+    console = Console()
+    console.print(report)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        report.save_json(out / "report.json")
+        report.save_html(out / "report.html")
+    except OSError as exc:
+        print(f"nndoctor: error: cannot write the report to {out}: {exc.strerror}", file=sys.stderr)
+        return
+    console.print(f"Report written to {out / 'report.json'} and {out / 'report.html'}")

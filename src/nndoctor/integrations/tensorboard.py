@@ -1,0 +1,61 @@
+"""TensorBoard: the doctor's traces and findings, written where the user already looks.
+
+    with nndoctor.watch(model, optimizer, tensorboard="runs/exp1") as doctor: ...
+
+A sink of the watcher: at each flush it receives the rows that just reached the CPU and
+writes them as scalars (`nndoctor/loss`, `nndoctor/grad_norm/<param>`,
+`nndoctor/update_ratio/<param>`, `nndoctor/dead/<module>`, ...), and the live findings as a
+text table whenever they change; the final report's findings at `report()`. Nothing is
+written between flushes, so TensorBoard adds no device sync to a step. Needs the
+`tensorboard` package (`pip install "nndoctor[tensorboard]"`).
+"""
+from __future__ import annotations
+
+SCALARS = ("loss", "val_loss", "grad_norm/", "update_ratio/", "dead/", "saturated/")
+TAG = "nndoctor/"
+
+
+def findings_markdown(findings) -> str:
+    """The findings as a Markdown table (TensorBoard's text plugin renders Markdown)."""
+    if not any(f.is_problem for f in findings):
+        head = "**Healthy: no warning or error.**"
+    else:
+        head = f"**{sum(f.is_problem for f in findings)} problem(s).**"
+    rows = [f"| {f.severity} | `{f.code}` | {_cell(f.message)} | {_cell(f.fix)} | {f.step} |" for f in findings]
+    table = ["", "| severity | code | message | fix | step |", "|---|---|---|---|---|"] + rows if rows else []
+    return "\n".join([head] + table)
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+class TensorBoardSink:
+    def __init__(self, logdir: str, writer=None):
+        if writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:  # torch's writer imports the tensorboard package
+                raise ImportError("watch(..., tensorboard=...) needs the tensorboard package: "
+                                  'pip install "nndoctor[tensorboard]"') from exc
+            writer = SummaryWriter(log_dir=str(logdir))
+        self.writer = writer
+        self._shown: tuple = ()
+
+    def flushed(self, doctor, rows) -> None:
+        for name, steps, values in rows:
+            if name in SCALARS or any(p.endswith("/") and name.startswith(p) for p in SCALARS):
+                for step, value in zip(steps.tolist(), values.tolist()):
+                    self.writer.add_scalar(TAG + name, value, step)
+        self._text(doctor.findings, doctor.step)
+        self.writer.flush()
+
+    def reported(self, report) -> None:
+        self._text(report.findings, report.meta.get("steps", 0), force=True)
+        self.writer.flush()
+
+    def _text(self, findings, step: int, force: bool = False) -> None:
+        shown = tuple((f.code, f.severity) for f in findings)
+        if shown != self._shown or force:
+            self._shown = shown
+            self.writer.add_text(TAG + "findings", findings_markdown(findings), step)

@@ -1,0 +1,60 @@
+"""Hugging Face Trainer: DoctorCallback on a tiny GPT-2 built from a config (no download)."""
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may touch the network
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+
+from nndoctor.findings import Report  # noqa: E402
+from nndoctor.integrations.transformers import DoctorCallback  # noqa: E402
+
+
+class Motifs(torch.utils.data.Dataset):
+    """Sequences repeating a random 4-token motif: a tiny LM learns to continue them."""
+
+    def __init__(self, n: int, seed: int = 0, length: int = 32, vocab: int = 64):
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(0, vocab, (n, 4), generator=g).repeat(1, length // 4)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+def train(tmp_path, lr: float, accumulate: int = 1, steps: int = 80):
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=2,
+                                     bos_token_id=0, eos_token_id=0)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=16,
+        gradient_accumulation_steps=accumulate, learning_rate=lr, report_to=[], use_cpu=True,
+        save_strategy="no", logging_steps=1000, disable_tqdm=True, eval_strategy="steps", eval_steps=40,
+        per_device_eval_batch_size=64)
+    callback = DoctorCallback(print_report=False)
+    trainer = transformers.Trainer(model=transformers.GPT2LMHeadModel(config), args=args,
+                                   train_dataset=Motifs(512), eval_dataset=Motifs(128, seed=1),
+                                   callbacks=[callback])
+    result = trainer.train()
+    return trainer, result, callback.report
+
+
+def test_healthy_training_with_accumulation(tmp_path):
+    trainer, result, report = train(tmp_path, lr=1e-3, accumulate=2)
+    assert report.meta["steps"] == trainer.state.global_step == 80
+    assert report.meta["losses_logged"] == 80 and report.meta["optimizer"] == "AdamW"
+    losses = report.series["loss"]["value"]
+    assert abs(sum(losses) / len(losses) - result.training_loss) < 0.05  # the Trainer's own mean loss
+    assert len(report.series["val_loss"]["value"]) == 2
+    assert [f.code for f in report.findings if f.is_problem] == []
+    saved = Report.from_json((tmp_path / "nndoctor-report" / "report.json").read_text())
+    assert saved.meta["steps"] == 80
+
+
+def test_learning_rate_far_too_high_is_named(tmp_path):
+    _, _, report = train(tmp_path, lr=0.5, steps=60)
+    assert report.findings[0].code == "lr.too_high"
