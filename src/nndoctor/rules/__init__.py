@@ -32,7 +32,7 @@ CAUSES = {
     "units.saturated": ("data.not_normalized", "init.scale_mismatch", "lr.too_high", "arch.too_deep"),
     "grad.vanishing": ("units.saturated", "init.scale_mismatch", "arch.too_deep"),
     "layers.slow_bottom": ("grad.vanishing", "units.saturated", "arch.too_deep", "init.scale_mismatch"),
-    "output.collapsed": ("lr.too_high", "units.dead", "units.saturated", "data.class_imbalance",
+    "output.collapsed": ("lr.too_high", "loss.nonfinite", "units.dead", "units.saturated", "data.class_imbalance",
                          "output.activation_mismatch", "init.symmetric", "grad.zero", "grad.vanishing",
                          "lr.too_low", "data.no_signal", "reg.too_strong"),
     "loss.plateau": ("init.symmetric", "grad.zero", "data.no_signal", "output.activation_mismatch",

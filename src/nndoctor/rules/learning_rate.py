@@ -87,6 +87,7 @@ def lr_too_high(run: Run) -> Finding | None:
     found = divergence(run)
     if found:
         step, how, evidence = found
+        lr = _lr(run, step)
         return Finding.make("lr.too_high",
                             f"The loss {how} at step {step} (from {evidence['start_loss']:.3g}): "
                             f"the learning rate {lr} is too high for this setup.",
@@ -99,7 +100,7 @@ def lr_too_high(run: Run) -> Finding | None:
     if first and len(values) >= 10 and ((hidden and hidden[0] > WIPED_OUT)
                                         or first[0] > FIRST_STEP_UPDATE and run.loss_is_poor(values)):
         return Finding.make("lr.too_high",
-                            f"The first steps changed the weights of `{first[1]}` by {first[0]:.2g} of their norm "
+                            f"The first steps changed the weights of `{first[1]}` by {_of_norm(first[0])} "
                             f"(healthy is about 1e-3): the learning rate {lr} is too high.",
                             evidence={"first_update_ratio": first[0], "layer": first[1], "lr": lr,
                                       "loss_drop": relative_drop(values)}, where=first[1], step=0)
@@ -107,7 +108,7 @@ def lr_too_high(run: Run) -> Finding | None:
     decaying = bool(shrink) and np.median(shrink) < 0.5  # steps dominated by weight decay: reg.too_strong's case
     if ratio and ratio[0] > HUGE_UPDATE and len(values) >= 10 and run.loss_is_poor(values) and not decaying:
         return Finding.make("lr.too_high",
-                            f"Each step changes the weights of {ratio[1]} by {ratio[0]:.2g} of their norm "
+                            f"Each step changes the weights of {ratio[1]} by {_of_norm(ratio[0])} "
                             f"(healthy is about 1e-3) and the loss does not improve: the learning rate {lr} is too high.",
                             evidence={"update_ratio": ratio[0], "layer": ratio[1], "lr": lr,
                                       "loss_drop": relative_drop(values)}, where=ratio[1])
@@ -134,6 +135,19 @@ def lr_too_low(run: Run) -> Finding | None:
     return None
 
 
-def _lr(run: Run) -> float | None:
+def _lr(run: Run, step: int | None = None) -> float | None:
+    """The learning rate at `step` (the last one sampled at or before it; under a schedule the
+    rate that diverged is not the one at the end), or the latest."""
     s = run.series("lr")
-    return s.latest if s else None
+    if not s:
+        return None
+    if step is None:
+        return s.latest
+    steps, values = s.trace()
+    before = np.flatnonzero(steps <= step)
+    return float(values[before[-1]]) if len(before) else float(values[0])
+
+
+def _of_norm(ratio: float) -> str:
+    """An update/weight ratio in words: '0.79 of their norm', '50x their norm'."""
+    return f"{ratio:.2g}x their norm" if ratio >= 1 else f"{ratio:.2g} of their norm"
