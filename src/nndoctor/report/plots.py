@@ -358,6 +358,15 @@ def curvature_bars(report) -> bytes | None:
     if limit and limit != _number(c.get("two_over_lr")):
         bars.append(("2(1+momentum) / lr", limit, "#66bb6a"))
     bars = [b for b in bars if b[1]]
+    fig, ax = _log_bars(bars)
+    note = "" if c.get("stability_limit") else " (adaptive optimizer: 2/lr is indicative only)"
+    ax.set_title("Curvature: plain gradient descent is stable only while λmax < 2/lr" + note, fontsize=9)
+    ax.grid(alpha=0.3, axis="x")
+    return _png(fig)
+
+
+def _log_bars(bars: list[tuple[str, float, str]]):
+    """A figure of labelled horizontal bars (label, value, colour) on a log axis, values written."""
     fig = _figure(0.9 + 0.35 * len(bars))
     ax = fig.add_subplot()
     y = np.arange(len(bars))
@@ -369,10 +378,7 @@ def curvature_bars(report) -> bytes | None:
     ax.set_xscale("log")
     ax.set_xlim(min(b[1] for b in bars) / 3, max(b[1] for b in bars) * 4)
     _log_axis(ax.xaxis)
-    note = "" if c.get("stability_limit") else " (adaptive optimizer: 2/lr is indicative only)"
-    ax.set_title("Curvature: plain gradient descent is stable only while λmax < 2/lr" + note, fontsize=9)
-    ax.grid(alpha=0.3, axis="x")
-    return _png(fig)
+    return fig, ax
 
 
 def _over_limit(c: dict, top: float) -> bool:
@@ -391,17 +397,7 @@ def noise_scale_bars(report) -> bytes | None:
     final = _number(ns.get("final_b_simple"))
     if final:
         bars.insert(1, ("noise scale at the final weights", final, "#b0bec5"))
-    fig = _figure(0.9 + 0.35 * len(bars))
-    ax = fig.add_subplot()
-    y = np.arange(len(bars))
-    ax.barh(y, [b[1] for b in bars], color=[b[2] for b in bars])
-    for i, b in enumerate(bars):
-        ax.annotate(f" {b[1]:.3g}", (b[1], i), va="center", fontsize=8)
-    ax.set_yticks(y, [b[0] for b in bars], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xscale("log")
-    ax.set_xlim(min(b[1] for b in bars) / 3, max(b[1] for b in bars) * 4)
-    _log_axis(ax.xaxis)
+    fig, ax = _log_bars(bars)
     limit = NOISE_FACTOR * scale
     ax.axvline(limit, color="#c62828", ls="--", lw=1)
     ax.annotate(f"{NOISE_FACTOR:g}x noise scale: batches beyond waste examples ", (limit, 0.02),
