@@ -55,9 +55,9 @@ def divergence(run: Run) -> tuple[int, str, dict] | None:
     ok_values = finite(values)
     if not len(ok_values):
         return None
-    # the start: the lowest of the first three losses (a fast divergence is already climbing by
-    # the second step; the 4x rule and the smoothing keep one lucky first batch from mattering)
-    start = float(np.min(ok_values[:3]))
+    # the start: the middle of the first three losses (one lucky batch of two rows can score
+    # ~0; a fast divergence climbing from the second step still runs far past 4x the middle one)
+    start = float(np.median(ok_values[:3]))
     ok = np.isfinite(values)
     level = smooth(np.where(ok, values, np.nanmax(np.where(ok, values, np.nan)) if ok.any() else 0.0), 5)
     best = np.minimum.accumulate(np.where(ok, level, np.inf))
