@@ -253,41 +253,43 @@ class Doctor:
     # ---- flush: device buffers -> history ---------------------------------------------
     @guarded
     def flush(self) -> None:
-        h = _Rows() if self.reducer or self.sinks else self.history
+        """Move the device buffers to the history in one transfer each. The rows pass through
+        the reducer (DDP: merged across ranks) and on to the sinks (TensorBoard) on the way."""
+        rows: list[tuple[str, np.ndarray, np.ndarray]] = []
+
+        def add(name: str, steps, values) -> None:
+            rows.append((name, np.asarray(steps), np.asarray(values, dtype=np.float64)))
+
         for (name,), steps, values in self._scalars.flush():
-            h[name].extend(steps, values[:, 0])
+            add(name, steps, values[:, 0])
         names = [n for n, _ in self.params]
         for idx, steps, values in self.grads.norms.flush():
             for col, i in enumerate(idx):
-                h["grad_norm/" + names[i]].extend(steps, values[:, col])
-            h["grad_norm/total"].extend(steps, (values ** 2).sum(1) ** 0.5)
-        for idx, steps, values in self.grads.dead_rows.flush():
-            for col, i in enumerate(idx):
-                h["dead_rows/" + names[i]].extend(steps, values[:, col])
-        for idx, steps, values in self.updates.ratios.flush():
-            for col, i in enumerate(idx):
-                h["update_ratio/" + names[i]].extend(steps, values[:, col])
-        for idx, steps, values in self.updates.weight_norms.flush():
-            for col, i in enumerate(idx):
-                h["weight_norm/" + names[i]].extend(steps, values[:, col])
+                add("grad_norm/" + names[i], steps, values[:, col])
+            add("grad_norm/total", steps, (values ** 2).sum(1) ** 0.5)
+        for prefix, buffer in (("dead_rows/", self.grads.dead_rows), ("update_ratio/", self.updates.ratios),
+                               ("weight_norm/", self.updates.weight_norms)):
+            for idx, steps, values in buffer.flush():
+                for col, i in enumerate(idx):
+                    add(prefix + names[i], steps, values[:, col])
         for prefix, buffer in (("dead/", self.activations.dead), ("saturated/", self.activations.saturated),
                                ("positive/", self.activations.positive), ("output/", self.activations.output),
                                ("stale/", self.loop.stale)):
             for keys, steps, values in buffer.flush():
                 for col, key in enumerate(keys):
-                    h[prefix + key].extend(steps, values[:, col])
+                    add(prefix + key, steps, values[:, col])
         self.histograms.flush()
         self._flushes += 1
         if self._flushes % PROBE_EVERY == 1 and self.activations.rnn_inputs:
             self._probe_rnns()
         had_origin = self.sentinel.origin is not None
-        self.sentinel.flush()
-        if isinstance(h, _Rows):  # integrations: merge across processes, then record and pass on
-            rows = self.reducer(self, h.rows) if self.reducer else h.rows
-            for name, steps, values in rows:
-                self.history[name].extend(steps, values)
-            for sink in self.sinks:
-                sink.flushed(self, rows)
+        self.sentinel.flush()  # before the reducer: DDP exchanges each rank's NaN origin with the rows
+        if self.reducer:
+            rows = self.reducer(self, rows)
+        for name, steps, values in rows:
+            self.history[name].extend(steps, values)
+        for sink in self.sinks:
+            sink.flushed(self, rows)
         if self.sentinel.origin is not None and not had_origin:
             self._explain_origin(self.sentinel.origin)
 
@@ -340,24 +342,6 @@ class Doctor:
         return {**{name: s.downsample() for name, s in self.history.series.items()
                    if len(s) and any(name == k or (k.endswith("/") and name.startswith(k)) for k in keep)},
                 **self.histograms.series()}
-
-
-class _Rows:
-    """Stands in for the History during a flush: collects (name, steps, values) rows so a
-    reducer and the sinks see exactly what the flush brought (see Doctor.flush)."""
-
-    def __init__(self):
-        self.rows: list[tuple[str, np.ndarray, np.ndarray]] = []
-
-    def __getitem__(self, name: str) -> "_Rows._Tap":
-        return _Rows._Tap(self.rows, name)
-
-    class _Tap:
-        def __init__(self, rows: list, name: str):
-            self.rows, self.name = rows, name
-
-        def extend(self, steps, values) -> None:
-            self.rows.append((self.name, np.asarray(steps), np.asarray(values, dtype=np.float64)))
 
 
 def watch(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, **options) -> Doctor:
