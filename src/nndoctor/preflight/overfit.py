@@ -147,8 +147,9 @@ def check_overfit_batch(c: Case) -> tuple[Finding | None, bool]:
     if best < target:
         return None, True
     explained = [code for code in EXPLAINERS if c.has(code)]
-    reason = f"explained by {', '.join(explained)}" if explained else \
-        "no pre-flight check explains it (the run may: see what it is folded under); else look in forward() for a `.detach()`, `.data`, argmax or rounding that cuts the gradient"
+    reason = f"explained by {', '.join(explained)}" if explained else (
+        "no pre-flight check explains it (the run may: see what it is folded under); else look in forward() "
+        "for a `.detach()`, `.data`, argmax or rounding that cuts the gradient")
     finding = Finding.make(
         "fit.underfitting",
         f"A copy of the model could not overfit one batch of {len(rows)} rows in {len(losses)} Adam steps "
