@@ -101,6 +101,18 @@ def noisy_small_batches():
     return model, train, val, nn.MSELoss(), torch.optim.SGD(model.parameters(), 0.1), 4
 
 
+def weighted_imbalance():
+    """Breast cancer cut to 17:1, with the loss weighted by inverse class frequency: the imbalance
+    is handled, and the weighted loss at init hangs on the batch's few minority rows."""
+    X, y = datasets.load_breast_cancer(return_X_y=True)
+    keep = (y == 1) | (np.arange(len(y)) % 12 == 0)
+    train, val = split(X[keep], y[keep])
+    counts = torch.bincount(train[1]).float()
+    model = mlp(30, 32, 2)
+    return (model, train, val, nn.CrossEntropyLoss(weight=counts.sum() / (2 * counts)),
+            torch.optim.Adam(model.parameters(), 1e-3), 32)
+
+
 @pytest.mark.parametrize("build, root, absent", [
     (wine_raw, "data.not_normalized", ["lr.too_low"]),
     (sigmoid_stack, "grad.vanishing", ["arch.too_deep"]),
@@ -109,7 +121,8 @@ def noisy_small_batches():
     (label_smoothing, None, []),
     (rnn_first_step, "grad.vanishing", ["data.no_signal"]),
     (noisy_small_batches, "loss.fluctuation", ["lr.too_high"]),
-], ids=["wine-raw", "sigmoid-10", "bias=-5", "60-rows", "label-smoothing", "rnn-60", "sgd-batch-4"])
+    (weighted_imbalance, None, []),
+], ids=["wine-raw", "sigmoid-10", "bias=-5", "60-rows", "label-smoothing", "rnn-60", "sgd-batch-4", "weighted-17:1"])
 def test_fresh_setup_gets_the_right_verdict(build, root, absent):
     torch.manual_seed(0)
     model, train, val, loss_fn, optimizer, batch = build()

@@ -8,7 +8,7 @@ from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, Tensor
 
 from ..findings import Finding
 from .case import Case, class_labels
-from .losses import BINARY, CLASSIFICATION, REGRESSION, ignore_index
+from .losses import BINARY, CLASSIFICATION, REGRESSION, class_weights, ignore_index
 
 
 def check_nonfinite(X: torch.Tensor, y: torch.Tensor, where: str) -> Finding | None:
@@ -255,6 +255,11 @@ def check_class_imbalance(c: Case) -> Finding | None:
     if len(present) < 2:
         return None
     ratio = float(present.max() / present.min())
+    weights = class_weights(c.loss_fn, len(counts))
+    if weights is not None:  # what the gradient sees: each class's rows times its weight in the loss
+        weighted = (counts.double() * weights)[counts > 0]
+        if float(weighted.max() / weighted.min().clamp(min=1e-30)) < 10:
+            return None
     if ratio < 10:
         return None
     major, minor = int(counts.argmax()), int(torch.where(counts > 0, counts, counts.max() + 1).argmin())
