@@ -136,3 +136,42 @@ def test_fresh_setup_gets_the_right_verdict(build, root, absent):
         assert found and found[0] == root, report
     assert not set(absent) & set(found), report
     assert len(found) == len(set(found)), "one finding per code"
+
+
+def digits_loop(model, optimizer, epochs, lr_lambda=None, eval_each_epoch=True, train_each_epoch=True):
+    """A hand-written loop under `nndoctor.watch`: validation (in eval mode) after every epoch."""
+    from torch.utils.data import DataLoader, TensorDataset
+    train, val = split(*datasets.load_digits(return_X_y=True))
+    loader = DataLoader(TensorDataset(*train), batch_size=32, shuffle=True)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda) if lr_lambda else None
+    loss_fn = nn.CrossEntropyLoss()
+    with nndoctor.watch(model, optimizer) as doctor:
+        model.train()
+        for _ in range(epochs):
+            if train_each_epoch:
+                model.train()
+            for xb, yb in loader:
+                optimizer.zero_grad()
+                loss = loss_fn(model(xb), yb)
+                loss.backward()
+                optimizer.step()
+                if schedule:
+                    schedule.step()
+                doctor.log(loss=loss)
+            if eval_each_epoch:
+                model.eval()
+                with torch.no_grad():
+                    doctor.log(val_loss=loss_fn(model(val[0]), val[1]))
+    return doctor.report()
+
+
+@pytest.mark.parametrize("train_each_epoch, root", [(True, None), (False, "loop.eval_mode")],
+                         ids=["train-each-epoch", "eval-after-epoch-1"])
+def test_validation_in_eval_mode_without_model_train_after_it(train_each_epoch, root):
+    """`model.eval()` for validation and no `model.train()` after it: epochs 2..8 (7/8 of the steps)
+    run with dropout off and BatchNorm statistics frozen."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.BatchNorm1d(128), nn.ReLU(), nn.Dropout(0.3), nn.Linear(128, 10))
+    report = digits_loop(model, torch.optim.Adam(model.parameters(), 1e-3), 8, train_each_epoch=train_each_epoch)
+    found = [f.code for f in report.findings if f.is_problem]
+    assert found == ([root] if root else []), report
