@@ -175,3 +175,20 @@ def test_validation_in_eval_mode_without_model_train_after_it(train_each_epoch, 
     report = digits_loop(model, torch.optim.Adam(model.parameters(), 1e-3), 8, train_each_epoch=train_each_epoch)
     found = [f.code for f in report.findings if f.is_problem]
     assert found == ([root] if root else []), report
+
+
+@pytest.mark.parametrize("peak_lr, root", [(1e-3, None), (0.5, "lr.too_high")], ids=["warmup-to-1e-3", "warmup-to-0.5"])
+def test_learning_rate_too_high_only_after_warmup(peak_lr, root):
+    """A linear warm-up over 100 steps: at 0.5 Adam's steps grow until the last hidden ReLUs all
+    die (alive at the start, 100% dead at the end); the first steps look fine and the loss never
+    grows 4x, it only falls back to chance."""
+    torch.manual_seed(0)
+    model = mlp(64, 128, 10, depth=2)
+    report = digits_loop(model, torch.optim.Adam(model.parameters(), peak_lr), 8,
+                         lr_lambda=lambda step: min(1.0, (step + 1) / 100))
+    found = [f.code for f in report.findings if f.is_problem]
+    if root is None:
+        assert found == [], report
+    else:
+        assert found and found[0] == root, report
+        assert report.get(root).evidence["dead_share_last"] >= 0.9
