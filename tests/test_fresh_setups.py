@@ -113,6 +113,15 @@ def weighted_imbalance():
             torch.optim.Adam(model.parameters(), 1e-3), 32)
 
 
+def one_hot_targets(scale):
+    """Digits with float one-hot targets for CrossEntropyLoss (read as class probabilities); at
+    `scale` 10 every row sums to 10 and the loss is ten times what it should be."""
+    train, val = split(*datasets.load_digits(return_X_y=True))
+    train, val = [(X, nn.functional.one_hot(y, 10).float() * scale) for X, y in (train, val)]
+    model = mlp(64, 128, 10)
+    return model, train, val, nn.CrossEntropyLoss(), torch.optim.Adam(model.parameters(), 1e-3), 32
+
+
 @pytest.mark.parametrize("build, root, absent", [
     (wine_raw, "data.not_normalized", ["lr.too_low"]),
     (sigmoid_stack, "grad.vanishing", ["arch.too_deep"]),
@@ -122,7 +131,10 @@ def weighted_imbalance():
     (rnn_first_step, "grad.vanishing", ["data.no_signal"]),
     (noisy_small_batches, "loss.fluctuation", ["lr.too_high"]),
     (weighted_imbalance, None, []),
-], ids=["wine-raw", "sigmoid-10", "bias=-5", "60-rows", "label-smoothing", "rnn-60", "sgd-batch-4", "weighted-17:1"])
+    (lambda: one_hot_targets(1.0), None, []),
+    (lambda: one_hot_targets(10.0), "data.labels_out_of_range", ["loss.init_mismatch"]),
+], ids=["wine-raw", "sigmoid-10", "bias=-5", "60-rows", "label-smoothing", "rnn-60", "sgd-batch-4", "weighted-17:1",
+        "one-hot", "one-hot*10"])
 def test_fresh_setup_gets_the_right_verdict(build, root, absent):
     torch.manual_seed(0)
     model, train, val, loss_fn, optimizer, batch = build()
