@@ -101,6 +101,35 @@ def noisy_small_batches():
     return model, train, val, nn.MSELoss(), torch.optim.SGD(model.parameters(), 0.1), 4
 
 
+def weighted_imbalance():
+    """Breast cancer cut to 17:1, with the loss weighted by inverse class frequency: the imbalance
+    is handled, and the weighted loss at init hangs on the batch's few minority rows."""
+    X, y = datasets.load_breast_cancer(return_X_y=True)
+    keep = (y == 1) | (np.arange(len(y)) % 12 == 0)
+    train, val = split(X[keep], y[keep])
+    counts = torch.bincount(train[1]).float()
+    model = mlp(30, 32, 2)
+    return (model, train, val, nn.CrossEntropyLoss(weight=counts.sum() / (2 * counts)),
+            torch.optim.Adam(model.parameters(), 1e-3), 32)
+
+
+def one_hot_targets(scale):
+    """Digits with float one-hot targets for CrossEntropyLoss (read as class probabilities); at
+    `scale` 10 every row sums to 10 and the loss is ten times what it should be."""
+    train, val = split(*datasets.load_digits(return_X_y=True))
+    train, val = [(X, nn.functional.one_hot(y, 10).float() * scale) for X, y in (train, val)]
+    model = mlp(64, 128, 10)
+    return model, train, val, nn.CrossEntropyLoss(), torch.optim.Adam(model.parameters(), 1e-3), 32
+
+
+def iris_long_small_batches():
+    """1000 Adam steps on batches of 8 of iris: 30 validation rows make each validation a noisy
+    draw (0.09 once, 0.11-0.15 around it); the lowest one is luck, not a level that was lost."""
+    train, val = split(*datasets.load_iris(return_X_y=True))
+    model = mlp(4, 16, 3)
+    return model, train, val, nn.CrossEntropyLoss(), torch.optim.Adam(model.parameters(), 1e-2), 8
+
+
 @pytest.mark.parametrize("build, root, absent", [
     (wine_raw, "data.not_normalized", ["lr.too_low"]),
     (sigmoid_stack, "grad.vanishing", ["arch.too_deep"]),
@@ -109,11 +138,16 @@ def noisy_small_batches():
     (label_smoothing, None, []),
     (rnn_first_step, "grad.vanishing", ["data.no_signal"]),
     (noisy_small_batches, "loss.fluctuation", ["lr.too_high"]),
-], ids=["wine-raw", "sigmoid-10", "bias=-5", "60-rows", "label-smoothing", "rnn-60", "sgd-batch-4"])
+    (weighted_imbalance, None, []),
+    (lambda: one_hot_targets(1.0), None, []),
+    (lambda: one_hot_targets(10.0), "data.labels_out_of_range", ["loss.init_mismatch"]),
+    (iris_long_small_batches, None, []),
+], ids=["wine-raw", "sigmoid-10", "bias=-5", "60-rows", "label-smoothing", "rnn-60", "sgd-batch-4", "weighted-17:1",
+        "one-hot", "one-hot*10", "iris-1000-steps"])
 def test_fresh_setup_gets_the_right_verdict(build, root, absent):
     torch.manual_seed(0)
     model, train, val, loss_fn, optimizer, batch = build()
-    steps = {wide_net_60_rows: 600, noisy_small_batches: 800}.get(build)
+    steps = {wide_net_60_rows: 600, noisy_small_batches: 800, iris_long_small_batches: 1000}.get(build)
     report = nndoctor.diagnose(model, train, loss_fn=loss_fn, optimizer=optimizer, val_data=val,
                                batch_size=batch, steps=steps)
     found = [f.code for f in report.findings if f.is_problem]
@@ -123,3 +157,71 @@ def test_fresh_setup_gets_the_right_verdict(build, root, absent):
         assert found and found[0] == root, report
     assert not set(absent) & set(found), report
     assert len(found) == len(set(found)), "one finding per code"
+
+
+def digits_loop(model, optimizer, epochs, lr_lambda=None, eval_each_epoch=True, train_each_epoch=True, clip=None):
+    """A hand-written loop under `nndoctor.watch`: validation (in eval mode) after every epoch."""
+    from torch.utils.data import DataLoader, TensorDataset
+    train, val = split(*datasets.load_digits(return_X_y=True))
+    loader = DataLoader(TensorDataset(*train), batch_size=32, shuffle=True)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda) if lr_lambda else None
+    loss_fn = nn.CrossEntropyLoss()
+    with nndoctor.watch(model, optimizer) as doctor:
+        model.train()
+        for _ in range(epochs):
+            if train_each_epoch:
+                model.train()
+            for xb, yb in loader:
+                optimizer.zero_grad()
+                loss = loss_fn(model(xb), yb)
+                loss.backward()
+                if clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+                optimizer.step()
+                if schedule:
+                    schedule.step()
+                doctor.log(loss=loss)
+            if eval_each_epoch:
+                model.eval()
+                with torch.no_grad():
+                    doctor.log(val_loss=loss_fn(model(val[0]), val[1]))
+    return doctor.report()
+
+
+@pytest.mark.parametrize("train_each_epoch, root", [(True, None), (False, "loop.eval_mode")],
+                         ids=["train-each-epoch", "eval-after-epoch-1"])
+def test_validation_in_eval_mode_without_model_train_after_it(train_each_epoch, root):
+    """`model.eval()` for validation and no `model.train()` after it: epochs 2..8 (7/8 of the steps)
+    run with dropout off and BatchNorm statistics frozen."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.BatchNorm1d(128), nn.ReLU(), nn.Dropout(0.3), nn.Linear(128, 10))
+    report = digits_loop(model, torch.optim.Adam(model.parameters(), 1e-3), 8, train_each_epoch=train_each_epoch)
+    found = [f.code for f in report.findings if f.is_problem]
+    assert found == ([root] if root else []), report
+
+
+@pytest.mark.parametrize("peak_lr, root", [(1e-3, None), (0.5, "lr.too_high")], ids=["warmup-to-1e-3", "warmup-to-0.5"])
+def test_learning_rate_too_high_only_after_warmup(peak_lr, root):
+    """A linear warm-up over 100 steps: at 0.5 Adam's steps grow until the last hidden ReLUs all
+    die (alive at the start, 100% dead at the end); the first steps look fine and the loss never
+    grows 4x, it only falls back to chance."""
+    torch.manual_seed(0)
+    model = mlp(64, 128, 10, depth=2)
+    report = digits_loop(model, torch.optim.Adam(model.parameters(), peak_lr), 8,
+                         lr_lambda=lambda step: min(1.0, (step + 1) / 100))
+    found = [f.code for f in report.findings if f.is_problem]
+    if root is None:
+        assert found == [], report
+    else:
+        assert found and found[0] == root, report
+        assert report.get(root).evidence["dead_share_last"] >= 0.9
+
+
+def test_clipping_every_step_under_adam_hides_no_rate():
+    """Adam on digits with clip_grad_norm_(0.1): the norm is clipped on most steps, yet Adam divides
+    by the gradient's running scale, so the step size is unchanged and the run is healthy."""
+    torch.manual_seed(0)
+    model = mlp(64, 128, 10, depth=2)
+    report = digits_loop(model, torch.optim.Adam(model.parameters(), 1e-3), 8, clip=0.1)
+    assert [f.code for f in report.findings if f.is_problem] == [], report
+    assert report.get("grad.clipped_always").severity == "info"

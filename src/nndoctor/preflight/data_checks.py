@@ -8,7 +8,7 @@ from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, Tensor
 
 from ..findings import Finding
 from .case import Case, class_labels
-from .losses import BINARY, CLASSIFICATION, REGRESSION, ignore_index
+from .losses import BINARY, CLASSIFICATION, REGRESSION, class_weights, ignore_index
 
 
 def check_nonfinite(X: torch.Tensor, y: torch.Tensor, where: str) -> Finding | None:
@@ -180,6 +180,8 @@ def check_labels_out_of_range(c: Case, y: torch.Tensor | None = None, where: str
             f"({n_bad} labels out of range).",
             evidence={"label_min": lo, "label_max": hi, "n_outputs": C, "out_of_range": n_bad, "loss": c.kind},
             where=f"{where} targets", fix=fix)
+    if c.kind == "cross_entropy" and y.is_floating_point() and y.dim() == 2 and y.shape[1] == C:
+        return _check_class_probabilities(c, y, where)
     if c.kind in BINARY:
         yf = y.double()
         lo, hi = float(yf.min()), float(yf.max())
@@ -195,6 +197,26 @@ def check_labels_out_of_range(c: Case, y: torch.Tensor | None = None, where: str
             evidence={"target_min": lo, "target_max": hi, "distinct_values": len(values), "loss": c.kind},
             where=f"{where} targets", fix=fix)
     return None
+
+
+def _check_class_probabilities(c: Case, y: torch.Tensor, where: str) -> Finding | None:
+    """Float (N, C) targets are class probabilities for CrossEntropyLoss: each row in [0, 1] and
+    summing to 1. Scaled one-hot rows or raw scores multiply the loss and its gradient by their sum."""
+    yf = y.double()
+    sums = yf.sum(1)
+    bad = (yf < 0).any(1) | (yf > 1).any(1) | ((sums - 1).abs() > 1e-3)
+    n_bad = int(bad.sum())
+    if not n_bad:
+        return None
+    lo, hi = float(yf.min()), float(yf.max())
+    return Finding.make(
+        "data.labels_out_of_range",
+        f"CrossEntropyLoss reads float targets in {where} as class probabilities, but {n_bad} of {len(y)} rows are not "
+        f"(values {lo:g} to {hi:g}, row sums {float(sums.min()):g} to {float(sums.max()):g}; each row must lie in [0, 1] and sum to 1).",
+        evidence={"target_min": lo, "target_max": hi, "row_sum_min": float(sums.min()), "row_sum_max": float(sums.max()),
+                  "bad_rows": n_bad, "loss": c.kind},
+        where=f"{where} targets",
+        fix="Pass class indices (`y.argmax(1)`), or normalize the rows: `y = y / y.sum(1, keepdim=True)`.")
 
 
 def check_unshuffled(c: Case) -> Finding | None:
@@ -255,6 +277,11 @@ def check_class_imbalance(c: Case) -> Finding | None:
     if len(present) < 2:
         return None
     ratio = float(present.max() / present.min())
+    weights = class_weights(c.loss_fn, len(counts))
+    if weights is not None:  # what the gradient sees: each class's rows times its weight in the loss
+        weighted = (counts.double() * weights)[counts > 0]
+        if float(weighted.max() / weighted.min().clamp(min=1e-30)) < 10:
+            return None
     if ratio < 10:
         return None
     major, minor = int(counts.argmax()), int(torch.where(counts > 0, counts, counts.max() + 1).argmin())

@@ -1,6 +1,7 @@
 """What kind of loss the user gave, and running it without letting it raise."""
 from __future__ import annotations
 
+import copy
 import math
 
 import warnings
@@ -62,3 +63,34 @@ def loss_floor(loss_fn, classes: int | None) -> float:
 
 def ignore_index(loss_fn) -> int | None:
     return getattr(loss_fn, "ignore_index", -100 if loss_kind(loss_fn) in CLASSIFICATION else None)
+
+
+def class_weights(loss_fn, classes: int) -> torch.Tensor | None:
+    """The weight the loss gives each class (`weight` of CrossEntropyLoss/NLLLoss, `pos_weight`
+    of a single-output BCEWithLogitsLoss), or None when it weighs every class alike."""
+    kind = loss_kind(loss_fn)
+    if kind in CLASSIFICATION:
+        weight = getattr(loss_fn, "weight", None)
+        if weight is None or weight.numel() < classes:
+            return None
+        weight = weight.detach().double().cpu()[:classes]
+    elif kind == "bce_logits":
+        pos = getattr(loss_fn, "pos_weight", None)
+        if pos is None or pos.numel() != 1 or classes != 2:
+            return None
+        weight = torch.tensor([1.0, float(pos)], dtype=torch.float64)
+    else:
+        return None
+    return None if bool((weight == weight[0]).all()) else weight
+
+
+def unweighted(loss_fn):
+    """The same loss with its class weights removed: a plain mean over rows, whose value at init
+    does not hang on the few minority rows of one batch."""
+    if not isinstance(loss_fn, (nn.CrossEntropyLoss, nn.NLLLoss, nn.BCEWithLogitsLoss)):
+        return loss_fn
+    plain = copy.deepcopy(loss_fn)
+    for name in ("weight", "pos_weight"):
+        if getattr(plain, name, None) is not None:
+            setattr(plain, name, None)
+    return plain

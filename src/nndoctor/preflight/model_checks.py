@@ -8,7 +8,7 @@ from torch import nn
 
 from ..findings import Finding
 from .case import Case
-from .losses import BINARY, CLASSIFICATION, REGRESSION
+from .losses import BINARY, CLASSIFICATION, REGRESSION, run_loss, unweighted
 from .structure import WEIGHT_LAYERS, Event, code_ref
 
 RELU_LIKE = {"relu", "leaky_relu", "relu6", "elu", "gelu", "silu", "mish", "prelu", "rrelu", "celu", "hardswish"}
@@ -257,6 +257,11 @@ def check_init_loss(c: Case) -> Finding | None:
         return None
     if not math.isfinite(c.loss0):
         return None  # a NaN/Inf at init is loss.nonfinite's, with the module that produced it
+    loss0 = c.loss0
+    plain = unweighted(c.loss_fn)
+    if plain is not c.loss_fn:  # class weights put a batch's few minority rows in charge of the mean
+        value, _ = run_loss(plain, c.out, c.yb)
+        loss0 = float(value) if value is not None and math.isfinite(float(value)) else loss0
     y = c.yb.double()
     if c.kind in CLASSIFICATION and c.n_outputs and c.n_outputs > 1:
         expected, label, limit = math.log(c.n_outputs), f"ln {c.n_outputs}, uniform guessing over {c.n_outputs} classes", 1.5
@@ -270,7 +275,7 @@ def check_init_loss(c: Case) -> Finding | None:
         return None
     # limits: 1.5x ln C is logits with std ~1.5 at init; 3x the variance (sqrt 3 for L1) an output
     # error twice the target spread
-    if expected <= 0 or c.loss0 <= limit * expected:
+    if expected <= 0 or loss0 <= limit * expected:
         return None
     ref = code_ref(c.head)
     if not c.trace.layers:
@@ -282,8 +287,8 @@ def check_init_loss(c: Case) -> Finding | None:
         fix = f"Shrink the last layer so the first guesses are near uniform: `with torch.no_grad(): {ref}.weight.mul_(0.1); {ref}.bias.zero_()`."
     return Finding.make(
         "loss.init_mismatch",
-        f"The loss at init is {c.loss0:.3g}, {c.loss0 / expected:.3g}x the {expected:.3g} expected ({label}).",
-        evidence={"initial_loss": c.loss0, "expected": expected, "ratio": c.loss0 / expected,
+        f"The loss at init is {loss0:.3g}, {loss0 / expected:.3g}x the {expected:.3g} expected ({label}).",
+        evidence={"initial_loss": loss0, "expected": expected, "ratio": loss0 / expected,
                   "output_std": float(c.out.double().std()) if c.out.numel() > 1 else 0.0},
         where=f"model.{c.head}" if c.trace.layers else "model", fix=fix)
 

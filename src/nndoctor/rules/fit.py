@@ -6,7 +6,7 @@ import numpy as np
 
 from ..findings import Finding
 from . import Run, rule
-from .curves import end_level, finite, start_level, still_falling
+from .curves import end_level, finite, smooth, start_level, still_falling
 
 MATERIAL = 0.02       # a rise must also exceed 2% of the problem's loss scale (baseline or start) to matter
 VAL_RISE = 0.25       # validation 25% above its best (validation noise alone moves it ~10%)...
@@ -34,10 +34,16 @@ def fit_overfitting(run: Run) -> Finding | None:
     late = vvalues[-2:]
     evidence = {"best_val_loss": float(vvalues[best]), "best_step": int(vsteps[best]),
                 "final_val_loss": float(late[-1]), "final_train_loss": end_level(train)}
-    if rose_while_training_fell(run, vsteps, vvalues, best, steps, train):
-        rise = float(late[-1] / vvalues[best] - 1)
+    # the best level is one the neighbouring validations hold: the minimum of a noisy series (a
+    # few dozen held-out rows) is one lucky draw, biased low
+    held = smooth(vvalues, 3)
+    held_best = int(np.argmin(held))
+    if rose_while_training_fell(run, vsteps, held, held_best, steps, train, late):
+        best = held_best
+        evidence.update(best_val_loss=float(held[best]), best_step=int(vsteps[best]))
+        rise = float(late[-1] / held[best] - 1)
         return Finding.make("fit.overfitting",
-                            f"Validation loss rose {rise:.0%} above its best ({vvalues[best]:.3g} at step "
+                            f"Validation loss rose {rise:.0%} above its best ({held[best]:.3g} at step "
                             f"{int(vsteps[best])}) while the training loss kept falling.",
                             evidence=evidence, step=int(vsteps[best]))
     if not run.baseline:
@@ -52,10 +58,9 @@ def fit_overfitting(run: Run) -> Finding | None:
     return None
 
 
-def rose_while_training_fell(run: Run, vsteps, vvalues, best: int, steps, train) -> bool:
-    """The textbook pattern: after the best validation the last two validations are clearly
+def rose_while_training_fell(run: Run, vsteps, vvalues, best: int, steps, train, late) -> bool:
+    """The textbook pattern: after the best validation level the `late` validations are clearly
     (and materially) above it, and the training loss went on falling."""
-    late = vvalues[-2:]
     if best >= len(vvalues) - 2 or not (late > vvalues[best] * (1 + VAL_RISE)).all():
         return False
     if late[-1] - vvalues[best] <= MATERIAL * (run.scale or 0):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
 from ..findings import Finding
 from . import Run, rule
@@ -19,6 +20,8 @@ ZERO_SHARE = 0.9      # exactly-zero gradient on 90% of steps: not chance, a cut
 PINNED = 1e-3         # total norm within 0.1% of the same value: a clipping threshold, not chance
 PINNED_SHARE = 0.5    # pinned on half of the sampled steps or more...
 PINNED_SAMPLES = 10   # ...of at least ten
+SCALE_FREE = (torch.optim.Adam, torch.optim.AdamW, torch.optim.Adamax, torch.optim.NAdam, torch.optim.RAdam,
+              torch.optim.RMSprop, torch.optim.Adagrad, torch.optim.Adadelta)  # steps ~ g / running RMS of g
 
 
 def rms_profile(run: Run) -> tuple[list[str], np.ndarray] | None:
@@ -181,8 +184,14 @@ def grad_clipped_always(run: Run) -> Finding | None:
     pinned = np.abs(norms - cap) <= PINNED * cap
     share = float(pinned.mean())
     if cap > 0 and share >= PINNED_SHARE:
+        # Adam-like steps divide by a running gradient scale: a norm clipped on every step leaves the
+        # step size as it was, so it hides no rate; it only evens out the batches' weight
+        normalized = isinstance(run.optimizer, SCALE_FREE)
         return Finding.make("grad.clipped_always",
                             f"The gradient norm sits exactly at {cap:.3g} on {share:.0%} of steps: clipping fires "
-                            f"almost every step.",
-                            evidence={"clip_norm": cap, "clipped_share": share})
+                            f"almost every step"
+                            + (f"; {type(run.optimizer).__name__} normalizes its steps by the gradient's running scale, "
+                               f"so this changes little." if normalized else "."),
+                            evidence={"clip_norm": cap, "clipped_share": share},
+                            severity="info" if normalized else None)
     return None

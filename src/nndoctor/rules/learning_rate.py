@@ -7,6 +7,7 @@ import numpy as np
 from ..findings import Finding
 from . import Run, rule
 from .curves import finite, relative_drop, smooth, steady_decline
+from .units import DEAD_SHARE, WHOLE_LAYER
 
 DIVERGE_FACTOR = 4.0   # smoothed loss 4x its start and 4x its best: the LR range test's stop rule (fastai, Lightning)
 SUSTAINED = 10         # ...for 10 logged steps in a row: batches of 4 spike 4x and recover; a divergence does not
@@ -29,6 +30,19 @@ def top_update_ratio(run: Run) -> tuple[float, str] | None:
         return None
     layer = max(per_layer, key=per_layer.get)
     return per_layer[layer], layer
+
+
+def units_killed(run: Run) -> tuple[str, float, float] | None:
+    """(module, first, last dead share) of the ReLU layer that was alive when sampling began and
+    nearly all dead at the end. Dead from the start is an init or bias problem; dying on the way
+    takes steps large enough to push every pre-activation below zero."""
+    worst = None
+    for module, kind in run.kinds.items():
+        s = run.series("dead/" + module) if kind == "relu" else None
+        v = finite(s.trace()[1]) if s is not None else []
+        if len(v) >= 2 and v[0] < DEAD_SHARE and v[-1] >= WHOLE_LAYER and (worst is None or v[-1] > worst[2]):
+            worst = (module, float(v[0]), float(v[-1]))
+    return worst
 
 
 def first_update_ratio(run: Run, hidden_only: bool = False) -> tuple[float, str] | None:
@@ -104,6 +118,15 @@ def lr_too_high(run: Run) -> Finding | None:
                             f"(healthy is about 1e-3): the learning rate {lr} is too high.",
                             evidence={"first_update_ratio": first[0], "layer": first[1], "lr": lr,
                                       "loss_drop": relative_drop(values)}, where=first[1], step=0)
+    killed = units_killed(run)
+    if killed and len(values) >= 10 and run.loss_is_poor(values):
+        module, first, last = killed
+        return Finding.make("lr.too_high",
+                            f"The ReLUs after `{module}` were alive at the start ({first:.0%} dead) and died during "
+                            f"training ({last:.0%} dead): steps too large pushed them below zero for every input; "
+                            f"the learning rate {lr} is too high.",
+                            evidence={"dead_share_first": first, "dead_share_last": last, "module": module, "lr": lr,
+                                      "loss_drop": relative_drop(values)}, where=module)
     shrink = list(run.weight_norm_ratios().values())
     decaying = bool(shrink) and np.median(shrink) < 0.5  # steps dominated by weight decay: reg.too_strong's case
     if ratio and ratio[0] > HUGE_UPDATE and len(values) >= 10 and run.loss_is_poor(values) and not decaying:

@@ -8,7 +8,8 @@ from ..findings import Finding
 from . import Run, rule
 
 STALE_SHARE = 0.8  # stale gradients on 80% of the checked steps: never zeroed, not a one-off
-EVAL_SHARE = 0.9   # 90% of steps taken in eval mode
+EVAL_SHARE = 0.5   # most steps taken in eval mode: the classic `model.eval()` for validation after
+                   # epoch 1 and no `model.train()` after it leaves (E-1)/E of the steps there
 MODE_DEPENDENT = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
 
 
