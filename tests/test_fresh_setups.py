@@ -130,6 +130,28 @@ def iris_long_small_batches():
     return model, train, val, nn.CrossEntropyLoss(), torch.optim.Adam(model.parameters(), 1e-2), 8
 
 
+def relu_rnn(recurrent_scale):
+    """A ReLU RNN over 30 steps whose label sits in the last 5 inputs; W_hh scaled by `recurrent_scale`
+    (x3: spectral radius ~1.7, the hidden state explodes over the sequence)."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(1200, 30, 2, generator=g)
+    y = (X[:, -5:, 0].sum(1) > 0).long()
+
+    class RNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.head = nn.RNN(2, 32, batch_first=True, nonlinearity="relu"), nn.Linear(32, 2)
+            with torch.no_grad():
+                self.rnn.weight_hh_l0.mul_(recurrent_scale)
+
+        def forward(self, x):
+            return self.head(self.rnn(x)[0][:, -1])
+
+    model = RNN()
+    return (model, (X[:1000], y[:1000]), (X[1000:], y[1000:]), nn.CrossEntropyLoss(),
+            torch.optim.Adam(model.parameters(), 1e-3), 32)
+
+
 @pytest.mark.parametrize("build, root, absent", [
     (wine_raw, "data.not_normalized", ["lr.too_low"]),
     (sigmoid_stack, "grad.vanishing", ["arch.too_deep"]),
@@ -142,8 +164,10 @@ def iris_long_small_batches():
     (lambda: one_hot_targets(1.0), None, []),
     (lambda: one_hot_targets(10.0), "data.labels_out_of_range", ["loss.init_mismatch"]),
     (iris_long_small_batches, None, []),
+    (lambda: relu_rnn(1.0), None, []),
+    (lambda: relu_rnn(3.0), "init.scale_mismatch", []),
 ], ids=["wine-raw", "sigmoid-10", "bias=-5", "60-rows", "label-smoothing", "rnn-60", "sgd-batch-4", "weighted-17:1",
-        "one-hot", "one-hot*10", "iris-1000-steps"])
+        "one-hot", "one-hot*10", "iris-1000-steps", "relu-rnn", "relu-rnn-whh*3"])
 def test_fresh_setup_gets_the_right_verdict(build, root, absent):
     torch.manual_seed(0)
     model, train, val, loss_fn, optimizer, batch = build()
@@ -225,3 +249,21 @@ def test_clipping_every_step_under_adam_hides_no_rate():
     report = digits_loop(model, torch.optim.Adam(model.parameters(), 1e-3), 8, clip=0.1)
     assert [f.code for f in report.findings if f.is_problem] == [], report
     assert report.get("grad.clipped_always").severity == "info"
+
+
+def test_orthogonal_recurrent_init_is_not_a_scale_mismatch():
+    """Spectral radius exactly 1 (orthogonal W_hh, the IRNN recipe's identity too) is the healthy edge."""
+    rnn = nn.RNN(3, 16, batch_first=True)
+    nn.init.orthogonal_(rnn.weight_hh_l0)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.head = rnn, nn.Linear(16, 2)
+
+        def forward(self, x):
+            return self.head(self.rnn(x)[0][:, -1])
+
+    X = torch.randn(256, 20, 3, generator=torch.Generator().manual_seed(1))
+    report = nndoctor.checkup(Net(), (X, (X[:, -1, 0] > 0).long()), loss_fn=nn.CrossEntropyLoss())
+    assert not report.has("init.scale_mismatch"), report

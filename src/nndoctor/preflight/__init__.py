@@ -121,7 +121,8 @@ def _examine(c: Case, val_data) -> Case:
     if c.trace is None:
         return c
     for check in (mc.check_output_activation, mc.check_loss_shapes, mc.check_loss_error, mc.check_symmetric,
-                  mc.check_init_scale, mc.check_init_loss, mc.check_depth, mc.check_bottleneck):
+                  mc.check_init_scale, mc.check_recurrent_scale, mc.check_init_loss, mc.check_depth,
+                  mc.check_bottleneck):
         _add(c, check, c)
     if c.loss0 is None or not math.isfinite(c.loss0):
         c.notes.append("The loss could not be computed on the first batch: the overfit and no-signal tests were skipped.")

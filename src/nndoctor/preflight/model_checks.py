@@ -249,6 +249,39 @@ def check_init_scale(c: Case) -> Finding | None:
             f"(or `m.reset_parameters()` for PyTorch's default).")
 
 
+RECURRENT_RADIUS = 1.5  # the hidden state's growth per time step at init: 1.5^20 = 3e3 over 20 steps
+
+
+def check_recurrent_scale(c: Case) -> Finding | None:
+    """A vanilla RNN multiplies its hidden state by W_hh at every time step, so the spectral
+    radius of W_hh compounds over the sequence: well above 1 the state explodes (ReLU) or pins
+    tanh at ±1, from the first forward pass. PyTorch's default gives ~0.58, an orthogonal or
+    identity init (IRNN) exactly 1; both train. Gated cells (LSTM/GRU) are left out: their gates
+    decide the growth, not W_hh alone."""
+    rows = []
+    for name, module in c.model.named_modules():
+        if type(module) is not nn.RNN:
+            continue
+        for layer in range(module.num_layers):
+            w = getattr(module, f"weight_hh_l{layer}").detach().double().cpu()
+            radius = float(torch.linalg.eigvals(w).abs().max())
+            if radius > RECURRENT_RADIUS:
+                rows.append({"weight": f"model.{name}.weight_hh_l{layer}", "spectral_radius": radius,
+                             "nonlinearity": module.nonlinearity})
+    if not rows:
+        return None
+    worst = max(rows, key=lambda r: r["spectral_radius"])
+    effect = "explodes" if worst["nonlinearity"] == "relu" else "saturates tanh at ±1"
+    return Finding.make(
+        "init.scale_mismatch",
+        f"`{worst['weight']}` has spectral radius {worst['spectral_radius']:.3g}: the hidden state is multiplied by "
+        f"up to that much per time step, so it {effect} within a few steps (the default init gives ~0.6, an "
+        f"orthogonal one 1).",
+        evidence={"recurrent": rows}, where=[r["weight"] for r in rows],
+        fix="Re-initialize the recurrent weights: `nn.init.orthogonal_(rnn.weight_hh_l0)` (each layer), or "
+            "`rnn.reset_parameters()` for PyTorch's default; then clip gradients for long sequences.")
+
+
 def check_init_loss(c: Case) -> Finding | None:
     """Karpathy's 'verify loss @ init': with small random outputs the loss starts at ln C for
     C-class cross-entropy (ln 2 per binary target) and at the target variance for MSE. Far above
