@@ -78,7 +78,9 @@ def divergence(run: Run) -> tuple[int, str, dict] | None:
     runaway = ok & (level > DIVERGE_FACTOR * abs(start)) & (level > DIVERGE_FACTOR * best)
     # a divergence stays diverged (or turns non-finite); a spike of a few noisy batches recovers
     gone = runaway | ~ok
-    held = np.array([gone[i:i + SUSTAINED].all() and len(gone[i:i + SUSTAINED]) == SUSTAINED for i in range(len(gone))])
+    held = np.zeros(len(gone), dtype=bool)  # held[i]: gone for SUSTAINED steps from i (a full window only)
+    if len(gone) >= SUSTAINED:
+        held[:len(gone) - SUSTAINED + 1] = np.lib.stride_tricks.sliding_window_view(gone, SUSTAINED).all(1)
     if (runaway & held).any():
         i = int(np.argmax(runaway & held))
         return int(steps[i]), "grew", {"start_loss": start, "loss_at_detection": float(values[i])}
