@@ -9,11 +9,13 @@ output layer's parameters); none of them changes a value the training computes. 
 write to device buffers; every `flush_every` steps one transfer moves them to the CPU
 history and the rules run, so a diverging run is named within tens of steps. Any exception
 in the doctor's own code is reported once as a warning and switches watching off; the
-user's training goes on.
+user's training goes on. What cannot be watched (a ScriptModule takes no forward hooks, a
+lazy module has no parameters before its first forward) is left out and noted, never raised.
 """
 from __future__ import annotations
 
 import functools
+import sys
 import time
 import warnings
 
@@ -46,6 +48,19 @@ def guarded(method):
             self._fail(exc)
             return None
     return wrapper
+
+
+def warn_safely(message: str) -> None:
+    """Say `message` as a RuntimeWarning; where the user's filters make warnings errors
+    (`-W error`, PYTHONWARNINGS=error), as one line on stderr instead. Never raises: our
+    own trouble must not become the user's crash."""
+    try:
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+    except Exception:
+        try:
+            print(f"nndoctor: {message}", file=sys.stderr, flush=True)
+        except Exception:  # no usable stderr: the report's notes still say it
+            pass
 
 
 PROBE_EVERY = 5     # flushes between through-time probes of recurrent modules (one small backward each)
@@ -98,17 +113,35 @@ class Doctor:
         self._judge_seconds = 0.0
         self._flushes = 0
 
+        self._unhookable: set[nn.Module] = set()  # modules that refused a forward hook
         self.module_names = {m: (n or type(model).__name__) for n, m in model.named_modules()}
+        try:
+            self._watch_parameters()
+            self.activations = ActivationCollector(model, self.module_names)
+            self.histograms = HistogramCollector(self.module_names)  # for the report's plots only
+            self.sentinel = NonFiniteSentinel(model, self.module_names)
+        except Exception as exc:  # a valid module we cannot read: watch nothing, say why
+            self._fail(exc)
+            self.params, self.not_in_optimizer, self._lazy = [], [], False
+            self.grads, self.updates, self.loop = GradientCollector([]), UpdateCollector([]), LoopCollector([], model)
+            self.activations = ActivationCollector(model, {})
+            self.histograms = HistogramCollector({})
+            self.sentinel = NonFiniteSentinel(model, {})
+
+    def _watch_parameters(self) -> None:
+        """Choose the watched parameters (trainable, in the optimizer) and build their collectors.
+        A lazy module's parameters have no shape before its first forward: they are left out
+        until then, and this runs again at the first step that finds them materialised."""
+        optimizer = self.optimizer
         in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]} if optimizer else None
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self._lazy = any(nn.parameter.is_lazy(p) for _, p in named)
+        named = [(n, p) for n, p in named if not nn.parameter.is_lazy(p)]
         self.params = [(n, p) for n, p in named if in_optimizer is None or id(p) in in_optimizer]
         self.not_in_optimizer = [n for n, p in named if in_optimizer is not None and id(p) not in in_optimizer]
         self.grads = GradientCollector(self.params)
         self.updates = UpdateCollector(self.params)
-        self.activations = ActivationCollector(model, self.module_names)
-        self.histograms = HistogramCollector(self.module_names)  # for the report's plots only
-        self.sentinel = NonFiniteSentinel(model, self.module_names)
-        self.loop = LoopCollector(self.params, model)
+        self.loop = LoopCollector(self.params, self.model)
 
     # ---- lifecycle ------------------------------------------------------------------
     def __enter__(self) -> "Doctor":
@@ -118,15 +151,34 @@ class Doctor:
     def __exit__(self, *exc) -> None:
         self.detach()
 
+    @guarded
     def attach(self) -> None:
         h = self._handles
         if self.optimizer is not None and self.step_hooks:
             h.append(self.optimizer.register_step_pre_hook(self._before_step))
             h.append(self.optimizer.register_step_post_hook(self._after_step))
-        h.append(self.model.register_forward_pre_hook(self._guard_hook([self.sentinel.on_input])))
+        h += self._forward_hook(self.model, [self.sentinel.on_input], pre=True)
         for module, hook in self.sentinel.modules():
-            h.append(module.register_forward_hook(self._guard_hook([hook])))
+            h += self._forward_hook(module, [hook])
         self._sample_hooks(self.step % self.sample_every == 0)
+        if self._unhookable:
+            kinds = sorted({type(m).__name__ for m in self._unhookable})
+            note = (f"{len(self._unhookable)} module(s) take no forward hooks ({', '.join(kinds)}): "
+                    "their activations and non-finite values are not watched; gradients and updates are")
+            if note not in self.notes:
+                self.notes.append(note)
+
+    def _forward_hook(self, module: nn.Module, fns: list, pre: bool = False) -> list:
+        """Register a guarded forward (pre-)hook on `module`: [handle], or [] for a module that
+        refuses hooks (a torch.jit ScriptModule), which is remembered and not asked again."""
+        if module in self._unhookable:
+            return []
+        try:
+            register = module.register_forward_pre_hook if pre else module.register_forward_hook
+            return [register(self._guard_hook(fns))]
+        except Exception:
+            self._unhookable.add(module)
+            return []
 
     def _sample_hooks(self, on: bool) -> None:
         """Attach the hooks of a sampled step (activations on its forward pass, stale gradients
@@ -138,8 +190,8 @@ class Doctor:
             per_module: dict[nn.Module, list] = {}
             for module, hook in [*self.activations.modules(), *self.histograms.modules()]:
                 per_module.setdefault(module, []).append(hook)
-            self._sampling = [module.register_forward_hook(self._guard_hook(hooks))
-                              for module, hooks in per_module.items()]
+            self._sampling = [handle for module, hooks in per_module.items()
+                              for handle in self._forward_hook(module, hooks)]
             self._sampling += [p.register_hook(self._guard_hook([self.loop.tensor_hook(p)]))
                                for p in self.loop.watched]
 
@@ -165,8 +217,8 @@ class Doctor:
     def _fail(self, exc: Exception) -> None:
         self.active = False
         self.failure = f"{type(exc).__name__}: {exc}"
-        warnings.warn(f"nndoctor stopped watching after an internal error ({self.failure}); "
-                      "training continues unaffected.", RuntimeWarning, stacklevel=3)
+        warn_safely(f"nndoctor stopped watching after an internal error ({self.failure}); "
+                    "training continues unaffected.")
 
     # ---- what the user calls ----------------------------------------------------------
     @guarded
@@ -194,8 +246,24 @@ class Doctor:
         return not np.isfinite(s.last(last)).any()
 
     def report(self) -> Report:
-        """The verdict so far (also valid while training goes on)."""
+        """The verdict so far (also valid while training goes on). Never raises: an internal
+        error while judging gives the findings of the last flush and a note; a failing sink
+        gets a note."""
         self.flush()
+        try:
+            report = self._report()
+        except Exception as exc:  # our bug must never reach the user
+            report = Report(findings=list(self.findings), meta={"steps": self.step},
+                            notes=[*self.notes, f"the final verdict failed after an internal error "
+                                   f"({type(exc).__name__}: {exc}); findings as of the last flush"])
+        for sink in self.sinks:
+            try:
+                sink.reported(report)
+            except Exception as exc:
+                report.notes.append(f"{type(sink).__name__} could not take the report: {type(exc).__name__}: {exc}")
+        return report
+
+    def _report(self) -> Report:
         findings = self._judge(final=True)
         notes = list(self.notes)
         if self.failure:
@@ -207,15 +275,14 @@ class Doctor:
                 "watch_seconds": round(time.perf_counter() - self._started, 3),
                 "sample_every": self.sample_every, "flush_every": self.flush_every,
                 "module_order": list(self.sentinel.order)}  # input -> output, for the report's plots
-        report = Report(findings=findings, meta=meta, notes=notes, series=self._series())
-        for sink in self.sinks:
-            sink.reported(report)
-        return report
+        return Report(findings=findings, meta=meta, notes=notes, series=self._series())
 
     # ---- optimizer hooks -------------------------------------------------------------
     @guarded
     def _before_step(self, optimizer, args, kwargs) -> None:
         step = self.step
+        if self._lazy:
+            self._watch_parameters()
         sampled = step % self.sample_every == 0
         self.sentinel.end_step(step)
         self.loop.on_step(step)
@@ -231,6 +298,8 @@ class Doctor:
         self._advance()
 
     def _step_without_optimizer(self) -> None:
+        if self._lazy:
+            self._watch_parameters()
         self.sentinel.end_step(self.step)
         if self.step % self.sample_every == 0:
             self.grads.on_step(self.step)

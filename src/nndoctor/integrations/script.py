@@ -37,7 +37,7 @@ from torch import nn
 from torch.amp import GradScaler
 
 from ..findings import Finding, Report
-from ..watcher import Doctor
+from ..watcher import Doctor, warn_safely
 from .distributed import DistributedDoctor, distributed_world
 
 
@@ -115,8 +115,8 @@ class ScriptWatcher:
         if self.doctor is not None and self.doctor.active:
             self.doctor._fail(exc)
         else:
-            warnings.warn(f"nndoctor stopped watching after an internal error ({type(exc).__name__}: {exc}); "
-                          "the script continues unaffected.", RuntimeWarning, stacklevel=3)
+            warn_safely(f"nndoctor stopped watching after an internal error ({type(exc).__name__}: {exc}); "
+                        "the script continues unaffected.")
         self.notes.append(f"watching stopped early after an internal error: {type(exc).__name__}: {exc}")
 
     # ---- global hooks ----------------------------------------------------------------
