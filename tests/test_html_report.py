@@ -53,8 +53,8 @@ def test_page_is_self_contained_and_escaped(tmp_path):
     assert EVIL not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
     assert "<script" not in page.lower()
     assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", page, re.I)  # nothing fetched
-    assert re.findall(r'<img [^>]*src="([^"]{0,22})', page) and all(
-        s.startswith("data:image/png;base64,") for s in re.findall(r'<img [^>]*src="([^"]{0,22})', page))
+    assert re.findall(r'<img [^>]*src="([^"]{0,26})', page) and all(
+        s.startswith("data:image/svg+xml;base64,") for s in re.findall(r'<img [^>]*src="([^"]{0,26})', page))
     assert {"loss", "gradients", "updates", "units", "activations", "line", "plane", "curvature"} <= plots_in(page)
     assert "lr_range" not in plots_in(page)  # no data, no plot
 

@@ -16,6 +16,7 @@ from .analysis import examine, initial_weights
 from .data import as_loader, check_data, sample
 from .findings import Finding, Report
 from .preflight import run_checks
+from .report.terminal import progress
 from .rules import attribute_depth, fold, withdraw_contradicted
 from .watcher import Doctor
 
@@ -47,8 +48,8 @@ def diagnose(model, train_data, loss_fn=None, optimizer=None, val_data=None, ste
     initial = initial_weights(model) if deep else None
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        with doctor:
-            trained, failure = _train(model, loader, loss_fn, optimizer, doctor, steps, val_loader)
+        with doctor, progress(f"diagnose: training {type(model).__name__}", total=steps) as advance:
+            trained, failure = _train(model, loader, loss_fn, optimizer, doctor, steps, val_loader, advance)
         doctor.extra.update(dropout_probe(model, loader, loss_fn))
     model.train(was_training)
     report = doctor.report()
@@ -60,7 +61,9 @@ def diagnose(model, train_data, loss_fn=None, optimizer=None, val_data=None, ste
     if trained < steps and failure is None:
         notes.append(f"stopped after {trained} of {steps} steps: the loss stayed non-finite")
     meta.update(report.meta, steps_planned=steps, steps_trained=trained, batch_size=loader.batch_size,
-                seconds=round(time.perf_counter() - started, 3))
+                seconds=round(time.perf_counter() - started, 3),
+                call=f"nndoctor.diagnose({type(model).__name__}, optimizer={type(optimizer).__name__}, "
+                     f"steps={steps}, batch_size={loader.batch_size}, seed={seed}" + (", deep=True)" if deep else ")"))
     report = Report(findings=findings, meta=meta, notes=notes + report.notes, series=report.series)
     if deep:
         report = examine(report, model, train_data, loss_fn, optimizer, initial=initial,
@@ -122,8 +125,9 @@ def _split(batch, device):
     return move(x), move(y)
 
 
-def _train(model, loader, loss_fn, optimizer, doctor: Doctor, steps: int, val_loader):
-    """Train for `steps` steps. Returns (steps trained, a Finding if the setup crashed)."""
+def _train(model, loader, loss_fn, optimizer, doctor: Doctor, steps: int, val_loader, advance=lambda: None):
+    """Train for `steps` steps (`advance()` after each, for the progress bar). Returns
+    (steps trained, a Finding if the setup crashed)."""
     device = next(model.parameters()).device
     val_every = max(1, steps // VALIDATIONS)
     model.train()
@@ -146,6 +150,7 @@ def _train(model, loader, loss_fn, optimizer, doctor: Doctor, steps: int, val_lo
             return step, crash_finding(exc, step)
         doctor.log(loss=loss)
         step += 1
+        advance()
         if val_loader is not None and step % val_every == 0:
             doctor.log(val_loss=evaluate(model, val_loader, loss_fn, device))
         if step % doctor.flush_every == 0 and doctor.diverged():

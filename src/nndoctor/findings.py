@@ -244,10 +244,25 @@ class Report:
         from pathlib import Path
         Path(path).write_text(self.to_json())
 
+    # The renderers (report/) import this module, never the other way round: the methods
+    # below import them when called, so findings.py stays at the bottom of the import graph.
     def save_html(self, path) -> None:
         from .report.html import render_html
         from pathlib import Path
         Path(path).write_text(render_html(self), encoding="utf-8")
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the page's content inline (scoped styles, no <html> wrapper)."""
+        from .report.html import render_fragment
+        return render_fragment(self)
+
+    def __repr__(self) -> str:
+        counts = [(sum(f.severity == s for f in self.findings), s) for s in SEVERITIES]
+        said = ", ".join(f"{n} {s}{'s' if n != 1 else ''}" for n, s in counts if n)
+        root = self.root
+        verdict = f"{said} — root {root.code}" if root else "healthy" + (f", {said}" if said else "")
+        steps = self.meta.get("steps_trained", self.meta.get("steps"))
+        return f"<Report: {verdict}" + (f"; {steps} steps" if steps is not None else "") + ">"
 
     def __str__(self) -> str:
         from .report.terminal import render_text

@@ -33,6 +33,7 @@ from .collect.recurrent import sensitivity_through_time
 from .collect.updates import UpdateCollector
 from .findings import Finding, Report
 from .history import History
+from .names import module_types, name_modules
 from .rules import Run, judge
 
 
@@ -65,6 +66,23 @@ def warn_safely(message: str) -> None:
 
 PROBE_EVERY = 5     # flushes between through-time probes of recurrent modules (one small backward each)
 JUDGE_SHARE = 0.005  # in the user's loop, the rules run at a flush only while they have cost < 0.5% of the time
+
+
+def run_facts(model: nn.Module, started_at: float, lrs: list[float] | None) -> dict:
+    """What a reviewer of the report asks first (the page's Run header): when it started,
+    on which device, with which versions and learning rates, and each module's type (so
+    findings can name `3` as `3` (ReLU))."""
+    import platform
+    from datetime import datetime, timezone
+
+    from . import __version__
+    param = next(model.parameters(), None)
+    return {"started": datetime.fromtimestamp(started_at, timezone.utc).isoformat(timespec="seconds"),
+            "device": str(param.device) if param is not None else "cpu",
+            "dtype": str(param.dtype).replace("torch.", "") if param is not None else None,
+            "versions": {"nndoctor": __version__, "torch": torch.__version__,
+                         "python": platform.python_version()},
+            "lr": lrs, "module_types": module_types(model)}
 
 
 class Doctor:
@@ -110,11 +128,14 @@ class Doctor:
         self._handles: list = []
         self._sampling: list = []   # activation hooks, attached for sampled steps only
         self._started = time.perf_counter()
+        self._started_at = time.time()
+        self._initial_lrs = [float(g["lr"]) for g in optimizer.param_groups] if optimizer else None
         self._judge_seconds = 0.0
         self._flushes = 0
 
         self._unhookable: set[nn.Module] = set()  # modules that refused a forward hook
         self.module_names = {m: (n or type(model).__name__) for n, m in model.named_modules()}
+        self.module_types = module_types(model)
         try:
             self._watch_parameters()
             self.activations = ActivationCollector(model, self.module_names)
@@ -274,7 +295,8 @@ class Doctor:
                 "optimizer": type(self.optimizer).__name__ if self.optimizer else None,
                 "watch_seconds": round(time.perf_counter() - self._started, 3),
                 "sample_every": self.sample_every, "flush_every": self.flush_every,
-                "module_order": list(self.sentinel.order)}  # input -> output, for the report's plots
+                "module_order": list(self.sentinel.order),  # input -> output, for the report's plots
+                **run_facts(self.model, self._started_at, self._initial_lrs)}
         return Report(findings=findings, meta=meta, notes=notes, series=self._series())
 
     # ---- optimizer hooks -------------------------------------------------------------
@@ -379,6 +401,7 @@ class Doctor:
                   loop_steps=self.loop.steps, eval_steps=self.loop.eval_steps,
                   targets=self.targets, extra=self.extra)
         findings, notes = judge(run)
+        name_modules(findings, self.module_types)
         for f in findings:
             self._first_seen.setdefault(f.code, f.step if f.step is not None else self.step)
             f.step = min(self._first_seen[f.code], f.step) if f.step is not None else self._first_seen[f.code]

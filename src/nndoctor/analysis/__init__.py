@@ -17,6 +17,7 @@ import torch
 
 from ..findings import Report
 from ..history import History
+from ..report.terminal import progress
 from .hessian import curvature
 from .landscape import line, plane
 from .noise_scale import noise_scale
@@ -53,7 +54,7 @@ def measure(model, train_data, loss_fn, optimizer=None, *, initial=None, analyse
     steps = {"line": lambda: line(probe, initial), "plane": lambda: plane(probe, seed=seed, budget=budget),
              "curvature": lambda: curvature(probe, optimizer, seed=seed, budget=budget),
              "noise_scale": lambda: _noise_scale(probe, initial, seed, budget)}
-    with analysis_mode(model):
+    with analysis_mode(model), progress("deep analysis: loss surface, curvature, noise", total=len(analyses)) as advance:
         for name in analyses:
             if name == "line" and initial is None:
                 notes.append("landscape line skipped: no initial weights were given")
@@ -66,6 +67,7 @@ def measure(model, train_data, loss_fn, optimizer=None, *, initial=None, analyse
                 continue
             finally:
                 results["seconds"][name] = round(time.perf_counter() - began, 3)
+                advance()
             if isinstance(out, tuple):
                 out, more = out
                 notes.extend(more)
@@ -91,9 +93,11 @@ def examine(report: Report, model, train_data, loss_fn, optimizer=None, *, initi
     their evidence on lr.too_high / optimum.local. `initial`: the weights before training
     (`initial_weights(model)`), for the line; `batch_size`: the batch the run trained with."""
     from ..rules import RULES, Run, fold
-    from ..rules import curvature as _  # noqa: F401  (registers the analysis rules)
+    from ..rules import curvature as rules_curvature  # registers the analysis rules
 
     results, notes = measure(model, train_data, loss_fn, optimizer, initial=initial, analyses=analyses, seed=seed)
+    if results.get("noise_scale"):  # the threshold travels with the numbers, for the report's plot
+        results["noise_scale"]["factor"] = rules_curvature.NOISE_FACTOR
     batch_size = batch_size or report.meta.get("batch_size")
     run = Run(history=History(), step=int(report.meta.get("steps_trained", report.meta.get("steps", 0)) or 0),
               model=model, optimizer=optimizer,

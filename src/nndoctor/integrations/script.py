@@ -301,6 +301,7 @@ def run(script: str, args: list[str], out: str | Path = "nndoctor-report", **opt
             sys.path[0] = saved_path0
     try:
         report = watcher.report(ended)
+        report.meta.update(script=script, argv=list(args))  # the page's Run header: what was run
     finally:
         watcher.remove()
     if getattr(watcher.doctor, "rank", 0) == 0:

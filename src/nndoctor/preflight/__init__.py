@@ -29,6 +29,7 @@ from torch import nn
 
 from ..data import check_data, sample
 from ..findings import Finding, Report
+from ..names import module_types, name_modules
 from . import data_checks as dc
 from . import model_checks as mc
 from .case import Case
@@ -64,7 +65,9 @@ def run_checks(model, train_data, loss_fn=None, val_data=None, batch_size=None):
     meta = {"checkup": {"seconds": round(time.perf_counter() - start, 3), "model": type(model).__name__,
                         "loss": case.kind, "rows_examined": 0 if case.X is None else len(case.X),
                         "layers_traced": 0 if case.trace is None else len(case.trace.layers),
-                        "batch_size": batch_size, **case.meta}}
+                        "batch_size": batch_size, **case.meta},
+            "model": type(model).__name__, "module_types": module_types(model)}
+    name_modules(case.findings, meta["module_types"])
     return case.findings, case.notes, meta
 
 

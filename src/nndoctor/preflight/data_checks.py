@@ -10,6 +10,11 @@ from ..findings import Finding
 from .case import Case, class_labels
 from .losses import BINARY, CLASSIFICATION, REGRESSION, class_weights, ignore_index
 
+# "/255" is advice for 8-bit pixels: non-negative integers whose maximum is near 255 (a few
+# thousand sampled pixels of an image set reach the top of the range). Integer counts or
+# codes below it (ages, 0..16 digit intensities) get the general standardization advice.
+PIXEL_MAX_NEAR = 224
+
 
 def check_nonfinite(X: torch.Tensor, y: torch.Tensor, where: str) -> Finding | None:
     """Any NaN/Inf poisons every gradient it touches: one bad value is enough to report."""
@@ -90,7 +95,7 @@ def check_not_normalized(c: Case) -> Finding | None:
     else:
         return None
     lo, hi = evidence["min"], evidence["max"]
-    if lo >= 0 and 1 < hi <= 255 and bool((c.X == c.X.round()).all()):
+    if lo >= 0 and PIXEL_MAX_NEAR <= hi <= 255 and bool((c.X == c.X.round()).all()):
         fix = "The inputs look like 8-bit pixels (0..255): scale them with `X = X / 255.0` (then optionally standardize per channel)."
     else:
         dims = "(0, 2, 3), keepdim=True" if axis == "channel" and c.X.dim() == 4 else "0"

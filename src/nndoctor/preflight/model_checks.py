@@ -24,7 +24,7 @@ SQUASHING = {"sigmoid", "softmax", "tanh", "hardtanh", "hardsigmoid"}
 def _where(c: Case, event: Event) -> tuple[str, str]:
     """(where, how to name it in a sentence) for a module or a functional call."""
     if event.kind == "module":
-        return f"model.{event.name}", f"the final `nn.{type(event.module).__name__}` (`model.{event.name}`)"
+        return event.name, f"the final `{event.name}` ({type(event.module).__name__}, `{code_ref(event.name)}` in code)"
     forward = f"{type(c.model).__name__}.forward()"
     return forward, f"the `{event.op}` call at the end of `{forward}`"
 
@@ -172,12 +172,12 @@ def check_symmetric(c: Case) -> Finding | None:
     rows = w.shape[0]
     return Finding.make(
         "init.symmetric",
-        f"All {rows} rows of `model.{name}` start identical (every weight {value:.3g}): its units compute the same "
+        f"All {rows} rows of `{name}` start identical (every weight {value:.3g}): its units compute the same "
         f"thing, get the same update and act as one unit" + ("." if len(stuck) == 1 else
                                                            "; so does 1 more layer." if len(stuck) == 2 else
                                                            f"; so do {len(stuck) - 1} more layers."),
         evidence={"layers": [n for n, _, _ in stuck], "row_spread": [s for _, _, s in stuck], "rows": rows, "value": value},
-        where=[f"model.{n}" for n, _, _ in stuck],
+        where=[n for n, _, _ in stuck],
         fix="Use a random init: " + "; ".join(f"`{code_ref(n)}.reset_parameters()`" for n, _, _ in stuck[:4])
             + " (PyTorch's default)" + (", or `nn.init.kaiming_normal_(layer.weight, nonlinearity='relu')` for layers before a ReLU."
                                          if any(isinstance(m, WEIGHT_LAYERS) for _, m, _ in stuck) else "."))
@@ -216,7 +216,7 @@ def check_init_scale(c: Case) -> Finding | None:
         target = math.sqrt(2) if following in RELU_LIKE else 1.0
         w = layer.module.weight.detach()
         fan_in = w[0].numel()
-        rows.append({"layer": f"model.{layer.name}", "gain": layer.gain, "target_gain": target,
+        rows.append({"layer": layer.name, "gain": layer.gain, "target_gain": target,
                      "ratio": layer.gain / target, "weight_std": float(w.std()),
                      "he_std": math.sqrt(2 / fan_in), "xavier_std": math.sqrt(2 / (fan_in + w.shape[0])),
                      "activation": following or None})
@@ -266,7 +266,7 @@ def check_recurrent_scale(c: Case) -> Finding | None:
             w = getattr(module, f"weight_hh_l{layer}").detach().double().cpu()
             radius = float(torch.linalg.eigvals(w).abs().max())
             if radius > RECURRENT_RADIUS:
-                rows.append({"weight": f"model.{name}.weight_hh_l{layer}", "spectral_radius": radius,
+                rows.append({"weight": f"{name}.weight_hh_l{layer}", "spectral_radius": radius,
                              "nonlinearity": module.nonlinearity})
     if not rows:
         return None
@@ -323,7 +323,7 @@ def check_init_loss(c: Case) -> Finding | None:
         f"The loss at init is {loss0:.3g}, {loss0 / expected:.3g}x the {expected:.3g} expected ({label}).",
         evidence={"initial_loss": loss0, "expected": expected, "ratio": loss0 / expected,
                   "output_std": float(c.out.double().std()) if c.out.numel() > 1 else 0.0},
-        where=f"model.{c.head}" if c.trace.layers else "model", fix=fix)
+        where=c.head if c.trace.layers else "model", fix=fix)
 
 
 def check_depth(c: Case) -> Finding | None:
@@ -340,7 +340,7 @@ def check_depth(c: Case) -> Finding | None:
         "arch.too_deep",
         f"{depth} weight layers in a plain stack, with no normalization layer and no skip connection.",
         evidence={"depth": depth, "norm_layers": 0, "residual_adds": 0, "activations": activations},
-        where=[f"model.{l.name}" for l in c.trace.layers],
+        where=[l.name for l in c.trace.layers],
         fix="Start with 3-8 layers; to go deeper add `nn.BatchNorm1d(width)` (or `nn.LayerNorm(width)`) after each "
             "`nn.Linear`, and residual connections `x = x + block(x)`.")
 
@@ -360,11 +360,11 @@ def check_bottleneck(c: Case) -> Finding | None:
     name, module, width = min(narrow, key=lambda h: h[2])
     C, wide = c.n_outputs, max(4 * c.n_outputs, 64)
     if isinstance(module, nn.Linear):
-        fix = f"Widen `model.{name}`: `nn.Linear({module.in_features}, {wide})`, and give the next layer `in_features={wide}`."
+        fix = f"Widen `{code_ref(name)}`: `nn.Linear({module.in_features}, {wide})`, and give the next layer `in_features={wide}`."
     else:
-        fix = f"Widen `model.{name}`: `hidden_size={wide}`, and give the next layer `in_features={wide}`."
+        fix = f"Widen `{code_ref(name)}`: `hidden_size={wide}`, and give the next layer `in_features={wide}`."
     return Finding.make(
         "arch.bottleneck",
-        f"`model.{name}` narrows the signal to {width} units, fewer than the {C} outputs it must tell apart.",
-        evidence={"layer": f"model.{name}", "width": width, "outputs": C, "hidden_widths": [h[2] for h in hidden]},
-        where=f"model.{name}", fix=fix)
+        f"`{name}` narrows the signal to {width} units, fewer than the {C} outputs it must tell apart.",
+        evidence={"layer": name, "width": width, "outputs": C, "hidden_widths": [h[2] for h in hidden]},
+        where=name, fix=fix)

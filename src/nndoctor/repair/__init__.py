@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from ..findings import Finding, Report
+from ..report.terminal import progress
 from .lr_finder import LRRange, find_lr
 from .restarts import Restarts, restarts, with_restarts
 from .strategies import CODE_FIXES, STRATEGIES, Context, code_fix
@@ -94,6 +95,13 @@ def repair(model, train_data, loss_fn=None, optimizer=None, val_data=None, steps
     and prove each change by a re-run. `restarts_runs` > 0 also checks for bad basins
     (`optimum.local`) with that many short runs; `strategies` adds or overrides a strategy
     per finding code (see strategies.py for the signature)."""
+    with progress("repair: re-runs that prove each change", total=budget) as advance:
+        return _repair(model, train_data, loss_fn, optimizer, val_data, steps, batch_size, seed, budget,
+                       restarts_runs, strategies, advance)
+
+
+def _repair(model, train_data, loss_fn, optimizer, val_data, steps, batch_size, seed, budget, restarts_runs,
+            strategies, advance) -> Repair:
     from ..diagnosis import _check_arguments
     started = time.perf_counter()
     _check_arguments(model, train_data, loss_fn, optimizer, val_data)
@@ -126,6 +134,7 @@ def repair(model, train_data, loss_fn=None, optimizer=None, val_data=None, steps
         for attempt in strategy(current.trial, finding, ctx):
             outcome = attempt.trial.run()
             runs += 1
+            advance()
             relabel = attempt.trial.relabel
             now = metrics(current, train_data, val_data, loss_fn, relabel)
             then = metrics(outcome, train_data, val_data, loss_fn, relabel)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..data import as_loader
+from ..report.terminal import progress
 
 RULES = ("steepest", "valley", "min/10")
 RULE = "min/10"      # see docs/repair.md for the comparison behind this choice
@@ -61,6 +62,22 @@ class LRRange:
         report.meta["lr_range"] = {"suggestion": self.suggestion, "low": self.low, "high": self.high,
                                    "rule": self.rule}
 
+    def report(self):
+        """A Report holding just the curve, to show it as the finders of fastai and Lightning
+        do: `find_lr(...).report().save_html("lr.html")`, or display it in a notebook."""
+        from ..findings import Report
+        report = Report(meta={"lr_range_test": {"diverged_at": self.diverged_at, "suggestions": self.suggestions}})
+        self.attach(report)
+        return report
+
+    def plot(self):
+        """The curve with the suggestion marked, as a matplotlib Figure (`fig.savefig(...)`)."""
+        from ..report.plots import lr_range_figure
+        return lr_range_figure(self.report())
+
+    def _repr_html_(self) -> str:
+        return self.report()._repr_html_()
+
     def __str__(self) -> str:
         if self.suggestion is None:
             return "LR range test: no rate made the loss fall"
@@ -89,7 +106,7 @@ def _sweep(model, loader, loss_fn, optimizer, start_lr, end_lr, steps, seed):
     shares = [float(g["lr"]) / peak for g in optimizer.param_groups]  # keep the groups' proportions
     device = next(model.parameters()).device
     lrs, losses = [], []
-    with restored(model, optimizer, seed):
+    with restored(model, optimizer, seed), progress("find_lr: LR range test", total=steps) as advance:
         model.train()
         average, best, batches = 0.0, math.inf, _endless(loader)
         for i in range(steps):
@@ -108,6 +125,7 @@ def _sweep(model, loader, loss_fn, optimizer, start_lr, end_lr, steps, seed):
                 break
             lrs.append(lr)
             losses.append(value)
+            advance()
             if not math.isfinite(value):
                 break
             average = SMOOTHING * average + (1 - SMOOTHING) * value
@@ -217,4 +235,6 @@ def _bottom(losses: list[float]) -> tuple[int, int]:
         low -= 1
     while high + 1 < len(losses) and losses[high + 1] <= level:
         high += 1
-    return low, high
+    # a sharp minimum is still only located to within the sweep's neighbouring rates: the
+    # range spans at least one grid point either side of the lowest, never a single rate
+    return max(0, min(low, lowest - 1)), min(len(losses) - 1, max(high, lowest + 1))

@@ -471,10 +471,9 @@ def reshape_targets(trial: Trial, finding: Finding, ctx: Context) -> Iterator[At
 
 @strategy("output.activation_mismatch")
 def remove_final_activation(trial: Trial, finding: Finding, ctx: Context) -> Iterator[Attempt]:
-    where = finding.where if isinstance(finding.where, str) else None
-    if not where or not where.startswith("model.") or loss_kind(trial.loss_fn) in ("bce", "nll"):
+    path = finding.where if isinstance(finding.where, str) else None  # a module path, or "Net.forward()"
+    if not path or path == "model" or loss_kind(trial.loss_fn) in ("bce", "nll"):
         return
-    path = where[len("model."):]
     fresh = copy.deepcopy(trial.model)
     try:
         parent = fresh.get_submodule(path.rsplit(".", 1)[0]) if "." in path else fresh
@@ -482,7 +481,7 @@ def remove_final_activation(trial: Trial, finding: Finding, ctx: Context) -> Ite
     except AttributeError:
         return
     setattr(parent, path.rsplit(".", 1)[-1], nn.Identity())
-    yield Attempt(trial.replace(model=fresh), f"The final {type(old).__name__} ({where}) removed: the loss gets raw "
+    yield Attempt(trial.replace(model=fresh), f"The final `{path}` ({type(old).__name__}) removed: the loss gets raw "
                   "outputs, as it expects.", f"{_code_ref(path)} = nn.Identity()  # or delete it from the model")
 
 

@@ -1,6 +1,12 @@
-"""The report's plots, drawn with matplotlib from the report alone (its series and meta), so
-a report loaded from JSON draws the same page. Each function returns a PNG (bytes) or None
-when the report has no data for it: a plot without data is omitted, never drawn empty.
+"""The report's plots, drawn with matplotlib from the report alone (its series, meta and
+the findings' evidence), so a report loaded from JSON draws the same page. Each function
+returns an SVG (bytes) or None when the report has no data for it: a plot without data is
+omitted, never drawn empty. SVG keeps text and lines crisp on HiDPI screens and under a
+phone's pinch-zoom; heatmaps inside it are embedded at twice the screen resolution.
+
+Zeros and NaN/Inf are evidence, not gaps: on a log axis they are drawn at a marked floor
+(zeros) or at the top edge (NaN/Inf), and in a heatmap in colours of their own, each with
+a legend entry.
 
 Only the object-oriented API with the Agg canvas is used: no pyplot, no global backend
 switch, nothing left open in the user's session.
@@ -12,15 +18,17 @@ import math
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import LogNorm
+from matplotlib.colors import ListedColormap, LogNorm
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
-from ..rules.curvature import NOISE_FACTOR
-
-WIDTH = 8.4          # inches at DPI: ~920 px, the page's column
-DPI = 110
+WIDTH = 8.4          # inches: ~920 px at 110 dpi, the page's column
+DPI = 220            # rasters inside the SVG (heatmaps): 2x the page's 110 dpi
 SEVERITY_COLOR = {"error": "#c62828", "warning": "#d48a00", "info": "#1e88e5"}
 HEALTHY_UPDATE = (1e-4, 1e-2)   # update/weight ratios around the 1e-3 rule of thumb (CS231n)
+ZERO_COLOR = "#26c6da"          # exactly zero: a colour no sequential map in these plots uses
+NONFINITE_COLOR = "#9e9e9e"     # NaN/Inf
+FONT = 8                        # the smallest text: still legible at a phone's scale (see html.CSS)
 
 
 def floats(values) -> np.ndarray:
@@ -41,10 +49,12 @@ def trace(report, name: str) -> tuple[np.ndarray, np.ndarray] | None:
     return floats(s["step"]), floats(s["value"])
 
 
-def _png(fig: Figure) -> bytes:
+def _svg(fig: Figure | None) -> bytes | None:
+    if fig is None:
+        return None
     buffer = io.BytesIO()
     FigureCanvasAgg(fig)
-    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    fig.savefig(buffer, format="svg", dpi=DPI, bbox_inches="tight", metadata={"Date": None})
     return buffer.getvalue()
 
 
@@ -86,13 +96,67 @@ def _short(name: str, width: int = 28) -> str:
     return name if len(name) <= width else "…" + name[-(width - 1):]
 
 
+def _typed(report, name: str, width: int = 28) -> str:
+    """A layer's label: its path (shortened) with its module's type, as the findings name it."""
+    from ..names import type_of
+    kind = type_of(name, report.meta.get("module_types") or {})
+    return _short(name, width) + (f" ({kind})" if kind else "")
+
+
 # ---- training curves ---------------------------------------------------------------------
-def loss_curve(report) -> bytes | None:
-    """Train (and validation) loss, with a marker where each finding was first detected."""
+def finding_marks(report) -> list[tuple[float, str, str]]:
+    """(step, label, colour) for each step where problems were first detected; the codes
+    first seen at one step share one label, the most severe one's colour."""
+    at: dict[int, list] = {}
+    for f in report.findings:
+        if f.step is None or not f.is_problem or any(f.code in codes for codes in at.values()):
+            continue
+        at.setdefault(int(f.step), []).append(f)
+    marks = []
+    for step, found in sorted(at.items()):
+        worst = min(found, key=lambda f: ("error", "warning", "info").index(f.severity))
+        marks.append((step, ", ".join(f.code for f in found), SEVERITY_COLOR[worst.severity]))
+    return marks
+
+
+LANE = 11  # points between label lanes above the loss plot
+
+
+def _place_labels(fig: Figure, ax, marks) -> int:
+    """Write each mark's label above the axes, in the first lane where it overlaps no other
+    label (measured with the renderer, not guessed); returns the number of lanes used."""
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    axes_box = ax.get_window_extent(renderer)
+    lanes: list[list] = []
+    for step, label, color in marks:
+        x = float(np.clip(step, *sorted(ax.get_xlim())))
+        for lane in range(len(lanes) + 1):
+            if lane == len(lanes):
+                lanes.append([])
+            text = ax.annotate(label, (x, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 3 + lane * LANE),
+                               textcoords="offset points", ha="left", va="bottom", fontsize=FONT, color=color,
+                               annotation_clip=False, gid="finding-label")
+            box = text.get_window_extent(renderer)
+            if box.x1 > axes_box.x1:  # past the right edge: end the label at its line instead
+                text.set_horizontalalignment("right")
+                box = text.get_window_extent(renderer)
+            if not any(box.x0 - 4 < other.x1 and other.x0 < box.x1 + 4 for other in lanes[lane]):
+                lanes[lane].append(box)
+                ax.plot([x, x], [1.0, 1.0 + (3 + lane * LANE) / axes_box.height * fig.dpi / 72],
+                        transform=ax.get_xaxis_transform(), color=color, lw=0.8, ls=":", clip_on=False)
+                break
+            text.remove()
+    return len(lanes)
+
+
+def loss_figure(report) -> Figure | None:
+    """Train (and validation) loss, with a line where each finding was first detected. The
+    finding labels sit in lanes above the plot and the legend below it: neither can cover
+    the curve or each other."""
     train = trace(report, "loss")
     if train is None:
         return None
-    fig = _figure(3.0)
+    fig = _figure(3.2)
     ax = fig.add_subplot()
     steps, values = train
     ax.plot(steps, values, color="#37474f", lw=1.2, label="train loss")
@@ -106,21 +170,24 @@ def loss_curve(report) -> bytes | None:
     bad = ~np.isfinite(values)
     if bad.any():
         ax.axvspan(steps[bad].min(), steps.max(), color="#c62828", alpha=0.08, label="loss NaN/Inf")
-    marked = set()
-    for f in report.findings:
-        if f.step is None or not f.is_problem or f.code in marked:
-            continue
-        marked.add(f.code)
-        ax.axvline(f.step, color=SEVERITY_COLOR[f.severity], ls="--", lw=1)
-        ax.annotate(f.code, (f.step, 1.0), xycoords=("data", "axes fraction"), rotation=90, va="top",
-                    ha="right", fontsize=7, color=SEVERITY_COLOR[f.severity],
-                    bbox={"facecolor": "white", "alpha": 0.75, "edgecolor": "none", "pad": 1})
-    ax.set_xlabel("training step")
-    ax.set_ylabel("loss")
+    marks = finding_marks(report)
+    for step, _, color in marks:
+        ax.axvline(step, color=color, ls="--", lw=1)
+    if marks:
+        ax.plot([], [], color="#555", ls="--", lw=1, label="a finding first detected")
+    ax.set_xlabel("training step", fontsize=FONT + 1)
+    ax.set_ylabel("loss", fontsize=FONT + 1)
+    ax.tick_params(labelsize=FONT)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")
-    ax.set_title("Loss (dashed lines: where each finding was first detected)", fontsize=10)
-    return _png(fig)
+    _legend_below(fig, ax, ncol=4)
+    lanes = _place_labels(fig, ax, marks) if marks else 0
+    caption = " (dashed lines: where each finding was first detected)" if marks else ""
+    ax.set_title("Loss" + caption, fontsize=10, pad=6 + lanes * LANE + 2)
+    return fig
+
+
+def loss_curve(report) -> bytes | None:
+    return _svg(loss_figure(report))
 
 
 def _weight_params(report, prefix: str) -> list[str]:
@@ -129,57 +196,106 @@ def _weight_params(report, prefix: str) -> list[str]:
     return layer_order(report, weights, _module_of)
 
 
+def _nearest(steps: np.ndarray, values: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(`values` at each grid step: the last measurement at or before it, and where the grid
+    step lies inside the trace at all)."""
+    order = np.argsort(steps, kind="stable")
+    steps, values = steps[order], values[order]
+    idx = np.clip(np.searchsorted(steps, grid, side="right") - 1, 0, len(steps) - 1)
+    inside = (grid >= steps[0]) & (grid <= steps[-1])
+    return np.where(inside, values[idx], np.nan), inside
+
+
+def _legend_below(fig: Figure, ax, **kwargs) -> None:
+    """A legend under the x-axis label, clear of the data whatever the figure's height."""
+    below = 34 / (ax.get_position().height * fig.get_figheight() * 72)  # 34 pt: tick labels and x label
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -below), frameon=False, fontsize=FONT, **kwargs)
+
+
 def gradient_heatmap(report) -> bytes | None:
-    """log10 gradient norm per weight over time, input layer at the top."""
+    """log10 gradient norm per weight over time, input layer at the top; exactly-zero and
+    NaN/Inf gradients in colours of their own (white is only "not measured")."""
     names = _weight_params(report, "grad_norm/")
-    if not names:
+    traces = [t for t in (trace(report, "grad_norm/" + n) for n in names)]
+    if not names or any(t is None for t in traces):
         return None
-    traces = [trace(report, "grad_norm/" + n) for n in names]
-    grid_steps = max((t[0] for t in traces), key=len)
+    grid_steps = np.unique(np.concatenate([t[0] for t in traces]))
     if len(grid_steps) < 2:
         return None
-    rows = []
-    for steps, values in traces:
-        ok = np.isfinite(values) & (values > 0)
-        logs = np.log10(np.where(ok, values, np.nan))
-        rows.append(np.interp(grid_steps, steps[ok], logs[ok], left=np.nan, right=np.nan) if ok.sum() >= 2
-                    else np.full(len(grid_steps), np.nan))
-    data = np.vstack(rows)
-    if not np.isfinite(data).any():
+    sampled = [_nearest(steps, values, grid_steps) for steps, values in traces]
+    raw, inside = np.vstack([r for r, _ in sampled]), np.vstack([i for _, i in sampled])
+    zero, nonfinite = raw == 0, inside & ~np.isfinite(raw)
+    positive = np.isfinite(raw) & (raw > 0)
+    if not (positive | zero | nonfinite).any():
         return None
-    fig = _figure(0.9 + 0.28 * len(names))
+    fig = _figure(1.2 + 0.3 * len(names))
     ax = fig.add_subplot()
-    image = ax.imshow(data, aspect="auto", cmap="magma", interpolation="nearest",
-                      extent=(grid_steps[0], grid_steps[-1], len(names) - 0.5, -0.5))
-    ax.set_yticks(range(len(names)), [_short(n) for n in names], fontsize=7)
-    ax.set_xlabel("training step")
+    extent = (grid_steps[0], grid_steps[-1], len(names) - 0.5, -0.5)
+    logs = np.where(positive, np.log10(np.where(positive, raw, 1.0)), np.nan)
+    image = ax.imshow(logs, aspect="auto", cmap="magma", interpolation="nearest", extent=extent)
+    handles = []
+    for mask, color, label in ((zero, ZERO_COLOR, "exactly 0"), (nonfinite, NONFINITE_COLOR, "NaN/Inf")):
+        if mask.any():
+            ax.imshow(np.where(mask, 1.0, np.nan), aspect="auto", cmap=ListedColormap([color]),
+                      interpolation="nearest", extent=extent, vmin=0, vmax=1)
+            handles.append(Patch(color=color, label=label))
+    ax.set_yticks(range(len(names)), [_typed(report, n) for n in names], fontsize=FONT)
+    ax.tick_params(axis="x", labelsize=FONT)
+    ax.set_xlabel("training step", fontsize=FONT + 1)
     ax.set_title("Gradient norm per layer, log10 (input layer at the top; dark = vanishing)", fontsize=10)
-    fig.colorbar(image, ax=ax, label="log10 ‖grad‖", pad=0.01)
-    return _png(fig)
+    if np.isfinite(logs).any():
+        fig.colorbar(image, ax=ax, label="log10 ‖grad‖", pad=0.01)
+    if handles:
+        _legend_below(fig, ax, handles=handles + [Patch(facecolor="white", edgecolor="#bbb", label="not measured")],
+                      ncol=3)
+    return _svg(fig)
 
 
 def update_ratios(report) -> bytes | None:
-    """||Δw||/||w|| per weight over time, against the healthy band around 1e-3."""
+    """||Δw||/||w|| per weight over time, against the healthy band around 1e-3. A ratio of
+    exactly 0 (no update at all) is drawn on a marked floor below the data, NaN/Inf on the
+    top edge: on a log axis both would otherwise vanish."""
     names = _weight_params(report, "update_ratio/")
     traces = [(n, trace(report, "update_ratio/" + n)) for n in names]
-    traces = [(n, t) for n, t in traces if t is not None and (np.isfinite(t[1]) & (t[1] > 0)).any()]
+    traces = [(n, t) for n, t in traces if t is not None and len(t[1])]
     if not traces:
         return None
-    fig = _figure(3.0)
+    everything = np.concatenate([t[1] for _, t in traces])
+    positive = everything[np.isfinite(everything) & (everything > 0)]
+    low = min(positive.min(), HEALTHY_UPDATE[0]) if positive.size else HEALTHY_UPDATE[0]
+    high = max(positive.max(), HEALTHY_UPDATE[1]) if positive.size else HEALTHY_UPDATE[1]
+    floor, ceiling = 10 ** (math.floor(math.log10(low)) - 1), 10 ** (math.ceil(math.log10(high)) + 1)
+    fig = _figure(3.2)
     ax = fig.add_subplot()
     ax.axhspan(*HEALTHY_UPDATE, color="#2e7d32", alpha=0.08, label="healthy band (1e-4 to 1e-2)")
     ax.axhline(1e-3, color="#2e7d32", lw=1, ls=":")
     colors = _layer_colors(len(traces))
+    zeros = nonfinite = False
     for (name, (steps, values)), color in zip(traces, colors):
         ok = np.isfinite(values) & (values > 0)
-        ax.plot(steps[ok], values[ok], lw=1, color=color, label=_short(name, 24))
+        ax.plot(steps[ok], values[ok], lw=1, color=color, label=_typed(report, name, 24))
+        if (values == 0).any():
+            zeros = True
+            ax.plot(steps[values == 0], np.full(int((values == 0).sum()), floor), "v", ms=3.5, color=color,
+                    clip_on=False)
+        if np.isnan(values).any() or np.isinf(values).any():
+            nonfinite = True
+            bad = ~np.isfinite(values)
+            ax.plot(steps[bad], np.full(int(bad.sum()), ceiling), "x", ms=4, color=color, clip_on=False)
+    if zeros:
+        ax.axhline(floor, color="#607d8b", lw=0.8, ls="--")
+        ax.plot([], [], "v", color="#607d8b", ms=3.5, label="exactly 0 (drawn on the dashed floor)")
+    if nonfinite:
+        ax.plot([], [], "x", color="#607d8b", ms=4, label="NaN/Inf (drawn on the top edge)")
     ax.set_yscale("log")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("‖Δw‖ / ‖w‖ per step")
+    ax.set_ylim(floor / 2 if zeros else low / 2, ceiling if nonfinite else high * 2)
+    ax.set_xlabel("training step", fontsize=FONT + 1)
+    ax.set_ylabel("‖Δw‖ / ‖w‖ per step", fontsize=FONT + 1)
+    ax.tick_params(labelsize=FONT)
     ax.grid(alpha=0.3, which="major")
-    ax.legend(fontsize=7, ncol=2, loc="upper right")
+    _legend_below(fig, ax, ncol=3)
     ax.set_title("Update-to-weight ratio per layer (input: light, output: dark)", fontsize=10)
-    return _png(fig)
+    return _svg(fig)
 
 
 def _layer_colors(n: int):
@@ -207,16 +323,16 @@ def unit_health(report) -> bytes | None:
     ax.barh(y, [r[3] for r in rows], color=[r[2] for r in rows], alpha=0.85)
     ax.scatter([r[4] for r in rows], y, marker="|", s=120, color="black", label="highest during the run")
     for i, r in enumerate(rows):
-        ax.annotate(f" {r[3]:.0%}", (r[3], i), va="center", fontsize=7)
-    ax.set_yticks(y, [f"{_short(r[0], 22)} ({r[1]})" for r in rows], fontsize=7)
+        ax.annotate(f" {r[3]:.0%}", (r[3], i), va="center", fontsize=FONT)
+    ax.set_yticks(y, [f"{_short(r[0], 22)} ({r[1]})" for r in rows], fontsize=FONT)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of units (last measurement)")
     ax.xaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
     ax.grid(alpha=0.3, axis="x")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=FONT, loc="lower right")
     ax.set_title("Dead and saturated units per layer (input layer at the top)", fontsize=10)
-    return _png(fig)
+    return _svg(fig)
 
 
 def _order_index(report, modules: list[str]) -> list[int]:
@@ -251,11 +367,13 @@ def activation_histograms(report) -> bytes | None:
         ax.set_ylabel({"log1p": "log10(1+x)", "symlog1p": "±log10(1+|x|)"}.get(scale, "output"), fontsize=6)
     fig.suptitle("Activation histograms over training steps (colour: share of outputs, log scale)", fontsize=10,
                  y=1 + 0.3 / fig.get_figheight())
-    return _png(fig)
+    return _svg(fig)
 
 
-def lr_range(report) -> bytes | None:
-    """The LR range test: loss against learning rate, with its suggestion."""
+def lr_range_figure(report) -> Figure | None:
+    """The LR range test as fastai's and Lightning's finders show it: the (smoothed) loss
+    against the learning rate on a log axis, the suggestion marked on the curve, the range
+    around it shaded, and the rate the run used, when known."""
     t = trace(report, "lr_range")
     if t is None:
         return None
@@ -263,23 +381,34 @@ def lr_range(report) -> bytes | None:
     ok = np.isfinite(lrs) & np.isfinite(losses) & (lrs > 0)
     if ok.sum() < 2:
         return None
-    fig = _figure(2.8)
+    lrs, losses = lrs[ok], losses[ok]
+    fig = _figure(3.0)
     ax = fig.add_subplot()
-    ax.plot(lrs[ok], losses[ok], color="#37474f", lw=1.2)
+    ax.plot(lrs, losses, color="#37474f", lw=1.2, label="loss (smoothed)")
     ax.set_xscale("log")
     info = report.meta.get("lr_range") or {}
     low, high, suggestion = (_number(info.get(k)) for k in ("low", "high", "suggestion"))
     if low and high:
-        ax.axvspan(low, high, color="#2e7d32", alpha=0.1, label=f"usable range {low:.2g} to {high:.2g}")
+        ax.axvspan(low, high, color="#2e7d32", alpha=0.12, label=f"range {low:.2g} to {high:.2g}")
     if suggestion:
-        ax.axvline(suggestion, color="#2e7d32", lw=1.5, label=f"suggestion {suggestion:.2g}")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("loss")
+        at = float(np.interp(math.log(suggestion), np.log(lrs), losses))
+        ax.axvline(suggestion, color="#2e7d32", lw=1, ls=":")
+        ax.plot([suggestion], [at], "o", ms=7, color="#c62828", zorder=5,
+                label=f"suggestion {suggestion:.2g}" + (f" ({info['rule']})" if info.get("rule") else ""))
+    used = [v for v in (_number(x) for x in (report.meta.get("lr") or [])) if v]
+    if used and lrs.min() <= used[0] <= lrs.max():
+        ax.axvline(used[0], color="#d48a00", lw=1, ls="--", label=f"the run's rate {used[0]:.2g}")
+    ax.set_xlabel("learning rate (log scale)", fontsize=FONT + 1)
+    ax.set_ylabel("loss", fontsize=FONT + 1)
+    ax.tick_params(labelsize=FONT)
     ax.grid(alpha=0.3)
-    if suggestion or (low and high):
-        ax.legend(fontsize=8)
-    ax.set_title("LR range test", fontsize=10)
-    return _png(fig)
+    _legend_below(fig, ax, ncol=4)
+    ax.set_title("LR range test: loss while the rate grows each step", fontsize=10)
+    return fig
+
+
+def lr_range(report) -> bytes | None:
+    return _svg(lr_range_figure(report))
 
 
 def _number(value) -> float | None:
@@ -315,7 +444,7 @@ def landscape_line(report) -> bytes | None:
     verdict = "monotone descent: no hill between start and end" if path.get("monotone") else \
         f"not monotone (largest rise above the chord {_fmt(path.get('barrier'))})"
     ax.set_title(f"Loss from initial to final weights — {verdict}", fontsize=10)
-    return _png(fig)
+    return _svg(fig)
 
 
 def landscape_plane(report) -> bytes | None:
@@ -342,7 +471,7 @@ def landscape_plane(report) -> bytes | None:
     ax.legend(fontsize=8, loc="upper right")
     fig.colorbar(contours, ax=ax, label="log10 loss" if shown is not grid else "loss", pad=0.01)
     ax.set_title("Loss surface around the final weights (Li et al. 2018)", fontsize=10)
-    return _png(fig)
+    return _svg(fig)
 
 
 def curvature_bars(report) -> bytes | None:
@@ -362,7 +491,7 @@ def curvature_bars(report) -> bytes | None:
     note = "" if c.get("stability_limit") else " (adaptive optimizer: 2/lr is indicative only)"
     ax.set_title("Curvature: plain gradient descent is stable only while λmax < 2/lr" + note, fontsize=9)
     ax.grid(alpha=0.3, axis="x")
-    return _png(fig)
+    return _svg(fig)
 
 
 def _log_bars(bars: list[tuple[str, float, str]]):
@@ -398,15 +527,18 @@ def noise_scale_bars(report) -> bytes | None:
     if final:
         bars.insert(1, ("noise scale at the final weights", final, "#b0bec5"))
     fig, ax = _log_bars(bars)
-    limit = NOISE_FACTOR * scale
-    ax.axvline(limit, color="#c62828", ls="--", lw=1)
-    ax.annotate(f"{NOISE_FACTOR:g}x noise scale: batches beyond waste examples ", (limit, 0.02),
-                xycoords=("data", "axes fraction"), ha="right", fontsize=7, color="#c62828")
-    ax.set_xlim(right=max(ax.get_xlim()[1], 2 * limit))
+    finding = report.get("batch.too_large")
+    factor = _number((finding.evidence if finding else {}).get("factor") or ns.get("factor"))
+    if factor:  # the rule's threshold, as the report recorded it
+        limit = factor * scale
+        ax.axvline(limit, color="#c62828", ls="--", lw=1)
+        ax.annotate(f"{factor:g}x noise scale: batches beyond waste examples ", (limit, 0.02),
+                    xycoords=("data", "axes fraction"), ha="right", fontsize=FONT, color="#c62828")
+        ax.set_xlim(right=max(ax.get_xlim()[1], 2 * limit))
     ax.set_xlabel("examples")
     ax.set_title("Batch size against the gradient noise scale (McCandlish et al. 2018)", fontsize=9)
     ax.grid(alpha=0.3, axis="x")
-    return _png(fig)
+    return _svg(fig)
 
 
 def _fmt(value) -> str:

@@ -212,10 +212,19 @@ def withdraw_contradicted(findings: list[Finding], notes: list[str]) -> list[Fin
     for f in findings:
         by = [c for c in CONTRADICTED_BY.get(f.code, ()) if c in present]
         if by:
-            notes.append(f"{f.code} withdrawn: its evidence ({f.message}) is explained by {', '.join(by)}")
+            notes.append(withdrawal_note(f, by))
         else:
             kept.append(f)
     return kept
+
+
+def withdrawal_note(f: Finding, by: list[str]) -> str:
+    """Why `f` was withdrawn, without restating its claim as if it held: the observation
+    (the message up to its conclusion after the last colon) and what explains it."""
+    observed = f.message.rsplit(": ", 1)[0].rstrip(".") if ": " in f.message else None
+    seen = f" what was seen ({observed[:1].lower() + observed[1:]})" if observed else " its evidence"
+    return (f"{f.code} withdrawn:{seen} is explained by {', '.join(by)}, so it is no sign of "
+            f"\"{f.title.lower()}\"")
 
 
 def fold(findings: list[Finding]) -> None:

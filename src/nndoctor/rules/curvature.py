@@ -62,6 +62,6 @@ def batch_too_large(run: Run) -> Finding | None:
         "batch.too_large",
         f"Each batch is {what}, {batch / scale:.0f}x the gradient noise scale ({scale:.3g} examples {where}): "
         "most of each batch only re-confirms a gradient that a smaller batch already estimates well.",
-        evidence={"batch_size": batch, "b_simple": scale, "measured": ns.get("at"),
+        evidence={"batch_size": batch, "b_simple": scale, "factor": NOISE_FACTOR, "measured": ns.get("at"),
                   "b_simple_final": ns.get("final_b_simple"), "dataset_rows": rows},
         step=run.step)
