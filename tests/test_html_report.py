@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -132,3 +133,187 @@ def test_a_malformed_saved_report_still_gives_a_page(tmp_path):
     nndoctor.Report.from_dict(data).save_html(path)
     page = path.read_text(encoding="utf-8")
     assert "plot plane not drawn" in page and "loss" in plots_in(page)
+
+
+# ---- what the page shows (issue 16) ---------------------------------------------------
+def mlp(hidden=32):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(12, hidden), nn.ReLU(), nn.Linear(hidden, 4))
+
+
+@functools.lru_cache(maxsize=None)
+def lr_report():
+    """A real run whose root is lr.too_high: the update ratio drops to 0 and the loss to NaN."""
+    model = mlp()
+    X, y = data()
+    return nndoctor.diagnose(model, (X * 3, y), loss_fn=nn.CrossEntropyLoss(),
+                             optimizer=torch.optim.SGD(model.parameters(), lr=2.0), steps=100, batch_size=32)
+
+
+class Rounded(nn.Module):
+    """Rounds its hidden layer: every gradient to fc1 is exactly zero (grad.zero)."""
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(12, 32), nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.fc2(torch.round(torch.relu(self.fc1(x))))
+
+
+def svg_texts(image: bytes) -> list[str]:
+    """The texts of a matplotlib SVG (it writes each one as a comment beside its glyphs)."""
+    return re.findall(r"<!-- (.*?) -->", image.decode())
+
+
+def test_zeros_and_nan_stay_visible_on_log_axes():
+    from nndoctor.report import plots
+    report = lr_report()
+    assert report.root.code == "lr.too_high"
+    ratios = [plots.floats(v["value"]) for k, v in report.series.items() if k.startswith("update_ratio/")]
+    zeros, bad = any((r == 0).any() for r in ratios), any((~np.isfinite(r)).any() for r in ratios)
+    assert zeros or bad  # the evidence the plot used to drop
+    texts = svg_texts(plots.update_ratios(report))
+    assert ("exactly 0 (drawn on the dashed floor)" in texts) == zeros
+    assert ("NaN/Inf (drawn on the top edge)" in texts) == bad
+    torch.manual_seed(0)
+    model = Rounded()
+    X, y = data()
+    rounded = nndoctor.diagnose(model, (X, y), loss_fn=nn.CrossEntropyLoss(),
+                                optimizer=torch.optim.SGD(model.parameters(), lr=0.1), steps=60, batch_size=32)
+    assert rounded.has("grad.zero")
+    heat = svg_texts(plots.gradient_heatmap(rounded))
+    assert "exactly 0" in heat and "fc1.weight (Linear)" in heat  # zero is a colour of its own, not white
+
+
+def boxes(fig):
+    """Window boxes of the finding labels, the legend and the title of a drawn figure."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    ax = fig.axes[0]
+    labels = [t.get_window_extent(renderer) for t in ax.texts if t.get_gid() == "finding-label"]
+    return labels, ax.get_legend().get_window_extent(renderer), ax.title.get_window_extent(renderer)
+
+
+def test_finding_labels_never_collide_and_the_caption_needs_findings():
+    from nndoctor.findings import Finding
+    from nndoctor.report.plots import finding_marks, loss_figure
+    report = nndoctor.Report.from_json(lr_report().to_json())
+    crowd = [Finding.make(code, "stress", step=step) for code, step in
+             (("units.dead", 3), ("loss.oscillation", 4), ("grad.vanishing", 5), ("layers.slow_bottom", 90),
+              ("fit.underfitting", 99), ("loss.plateau", 3))]
+    crowded = nndoctor.Report(findings=report.findings + crowd, meta=report.meta, series=report.series)
+    for r in (report, crowded):
+        fig = loss_figure(r)
+        labels, legend, title = boxes(fig)
+        assert len(labels) == len(finding_marks(r)) >= 3
+        for i, a in enumerate(labels):
+            assert not a.overlaps(legend) and not a.overlaps(title)
+            assert not any(a.overlaps(b) for b in labels[i + 1:])
+        assert "dashed lines" in fig.axes[0].get_title()
+    quiet = nndoctor.Report(findings=[f for f in report.findings if f.step is None], meta=report.meta,
+                            series=report.series)
+    fig = loss_figure(quiet)
+    assert boxes(fig)[0] == [] and "dashed" not in fig.axes[0].get_title()
+
+
+def test_code_spans_and_the_run_header(tmp_path):
+    report = nndoctor.Report.from_json(lr_report().to_json())
+    report.findings[0].message += " Try `lr=<0.2>` instead."
+    page = render(report, tmp_path)
+    assert "<code>lr=&lt;0.2&gt;</code>" in page and "`" not in re.sub(r"<style>.*?</style>", "", page)
+    title = re.search(r"<title>(.*?)</title>", page).group(1)
+    assert "Sequential" in title and "lr.too_high" in title
+    run = dict(re.findall(r"<tr><th>(.*?)</th><td>(.*?)</td></tr>", page))
+    assert {"Run", "When", "Model", "Optimizer", "Steps", "Device", "Versions"} <= set(run)
+    assert "nndoctor.diagnose(Sequential" in run["Run"] and "SGD, lr 2" in run["Optimizer"]
+    assert "torch " + torch.__version__ in run["Versions"] and "trainable parameters" in run["Model"]
+    assert "cpu" in run["Device"] and re.search(r"\d{4}-\d\d-\d\dT", run["When"])
+    facts = page.split("Recorded facts")[1]
+    assert "<td>steps_planned</td>" in facts and '{"' not in facts  # a table, not a JSON dump
+
+
+def test_the_page_names_the_script_it_watched(tmp_path):
+    from nndoctor.integrations.script import run
+    script = tmp_path / "train_tiny.py"
+    script.write_text(
+        "import sys, torch\nfrom torch import nn\ntorch.manual_seed(0)\n"
+        "model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))\n"
+        "opt = torch.optim.SGD(model.parameters(), lr=float(sys.argv[2]))\n"
+        "X = torch.randn(64, 4); y = X.sum(1, keepdim=True)\n"
+        "for _ in range(30):\n    opt.zero_grad(); loss = ((model(X) - y) ** 2).mean(); loss.backward(); opt.step()\n")
+    assert run(str(script), ["--lr", "0.01"], out=tmp_path / "out") == 0
+    page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert re.search(r"<title>nndoctor: train_tiny\.py", page)
+    assert re.search(r"<tr><th>Run</th><td><code>[^<]*train_tiny\.py --lr 0\.01</code>", page)
+
+
+def render(report, tmp_path) -> str:
+    path = tmp_path / "page.html"
+    report.save_html(path)
+    return path.read_text(encoding="utf-8")
+
+
+def test_find_lr_range_is_never_a_point_and_its_curve_is_shown(tmp_path):
+    model = mlp()
+    X, y = data()
+    found = nndoctor.find_lr(model, (X, y), loss_fn=nn.CrossEntropyLoss(),
+                             optimizer=torch.optim.SGD(model.parameters(), lr=0.1), batch_size=32)
+    assert found.low < found.suggestion < found.high or found.low <= found.suggestion <= found.high
+    assert found.high > found.low * 1.05  # a range, not one rate printed twice
+    assert f"{found.low:.3g} to {found.high:.3g}" in str(found)
+    page = render(found.report(), tmp_path)
+    assert "lr_range" in plots_in(page) and "LR range test: suggestion" in page
+    ax = found.plot().axes[0]
+    marked = [line for line in ax.get_lines() if str(line.get_label()).startswith("suggestion")]
+    assert marked and marked[0].get_xdata()[0] == pytest.approx(found.suggestion)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+MEASURE = """<script>const frame = document.querySelector("iframe");
+frame.addEventListener("load", () => {
+  const doc = frame.contentDocument, win = frame.contentWindow;
+  const box = i => i.closest(".plot").getBoundingClientRect();
+  const out = {page: doc.documentElement.scrollWidth, view: win.innerWidth,
+    plots: [...doc.querySelectorAll("figure img")].map(i => ({w: i.getBoundingClientRect().width,
+      frame: box(i).width, right: box(i).right, loaded: i.complete && i.naturalWidth > 0})),
+    text: parseFloat(win.getComputedStyle(doc.querySelector(".card p")).fontSize),
+    run: [...doc.querySelectorAll("table.run th")].map(t => t.textContent),
+    cards: doc.querySelectorAll(".card").length, code: doc.querySelectorAll(".card p code").length};
+  const pre = document.createElement("pre"); pre.id = "measured"; pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});</script>"""
+
+
+def measure(page_path, tmp_path, width: int) -> dict:
+    """Layout facts of the page in a viewport `width` CSS px wide, and a screenshot of it.
+    Chromium's window is at least 500 px wide, so the page sits in an iframe of that width
+    (srcdoc: same origin, so the outer page can measure inside it)."""
+    from html import escape, unescape
+    frame = (f'<!doctype html><html><body style="margin:0"><iframe style="border:0;width:{width}px;height:2000px" '
+             f'srcdoc="{escape(page_path.read_text(encoding="utf-8"))}"></iframe>{MEASURE}</body></html>')
+    probe = tmp_path / f"probe-{width}.html"
+    probe.write_text(frame, encoding="utf-8")
+    args = [CHROMIUM, "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars",
+            f"--window-size={max(width, 500)},2000", "--virtual-time-budget=10000"]
+    subprocess.run(args + [f"--screenshot={tmp_path / f'page-{width}.png'}", probe.as_uri()],
+                   capture_output=True, timeout=120)
+    dom = subprocess.run(args + ["--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    found = re.search(r'<pre id="measured">(.*?)</pre>', dom, re.S)
+    assert found, dom[-2000:]
+    return json.loads(unescape(found.group(1)))
+
+
+@pytest.mark.skipif(not CHROMIUM, reason="no headless Chromium on this machine (Debian: apt-get install chromium)")
+def test_page_layout_on_a_desktop_and_a_phone(tmp_path):
+    page = tmp_path / "r.html"
+    lr_report().save_html(page)
+    desk, phone = measure(page, tmp_path, 1400), measure(page, tmp_path, 390)
+    for m in (desk, phone):
+        assert m["page"] <= m["view"]  # the page itself never scrolls sideways
+        assert m["plots"] and all(p["loaded"] for p in m["plots"])
+        assert m["run"][:1] == ["Run"] and m["cards"] == len(lr_report().findings) and m["code"] >= 1
+        assert m["text"] >= 14
+    assert all(p["w"] <= p["frame"] + 1 and p["w"] > 700 for p in desk["plots"])  # full column on a desktop
+    assert phone["view"] == 390
+    assert all(p["w"] >= 600 and p["right"] <= 390 + 1 for p in phone["plots"])  # legible width, scrolls in its frame
+    assert (tmp_path / "page-1400.png").exists() and (tmp_path / "page-390.png").exists()

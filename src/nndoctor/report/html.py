@@ -64,7 +64,7 @@ CSS = """
 .nnd code{background:#f1f1f1;padding:0 .25rem;border-radius:.2rem;font-size:.92em}
 .nnd .dim{color:#666;font-size:.88em}
 .nnd .plot{margin:.6rem 0;overflow-x:auto}
-.nnd figure{margin:0}.nnd figure img{display:block;width:100%;height:auto;border:1px solid #eee;border-radius:.3rem;background:#fff}
+.nnd figure{margin:0}.nnd figure img{display:block;box-sizing:border-box;width:100%;height:auto;border:1px solid #eee;border-radius:.3rem;background:#fff}
 .nnd table.facts{border-collapse:collapse;font-size:.85em}
 .nnd table.facts td{border-bottom:1px solid #eee;padding:.1rem .8rem .1rem 0;vertical-align:top}
 .nnd table.facts td:first-child{color:#555;white-space:nowrap}
