@@ -183,6 +183,7 @@ def test_zeros_and_nan_stay_visible_on_log_axes():
     assert rounded.has("grad.zero")
     heat = svg_texts(plots.gradient_heatmap(rounded))
     assert "exactly 0" in heat and "fc1.weight (Linear)" in heat  # zero is a colour of its own, not white
+    assert "exactly 0 (drawn on the dashed floor)" in svg_texts(plots.update_ratios(rounded))  # fc1 never moves
 
 
 def boxes(fig):
