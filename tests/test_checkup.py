@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from functools import partial
 
 import numpy as np
 import pytest
@@ -130,6 +131,96 @@ def problems(report):
 CE = nn.CrossEntropyLoss
 
 
+
+# how the output and the loss are built (tracecodes): read from the loss's autograd graph
+
+class Normalized(nn.Module):
+    """The digits Net with a softmax-family call of the user's choice at the end of forward()."""
+    def __init__(self, end):
+        super().__init__()
+        self.net, self.end = Net(), end
+
+    def forward(self, x):
+        return self.end(self.net(x))
+
+
+class StepScores(nn.Module):
+    """Per-step class scores (N, T, C) of the 8 pixel rows; `end` is applied to them."""
+    def __init__(self, end=None):
+        super().__init__()
+        torch.manual_seed(0)
+        self.rnn, self.head, self.end = nn.GRU(8, 32, batch_first=True), nn.Linear(32, 10), end
+
+    def forward(self, x):
+        scores = self.head(self.rnn(x)[0])
+        return self.end(scores) if self.end is not None else scores
+
+
+def per_step_nll(out, y):
+    """Every step predicts the digit: NLL over (N*T, C)."""
+    return F.nll_loss(out.reshape(-1, out.shape[-1]), y.repeat_interleave(out.shape[1]))
+
+
+class AttentionPool(nn.Module):
+    """Digits as 64 one-pixel steps, pooled by a softmax over time (dim=1): as long as the
+    traced batch of 64 rows, yet not the batch axis."""
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.value, self.head = nn.Linear(1, 32), nn.Linear(32, 10)
+        self.position, self.query = nn.Parameter(torch.randn(64, 32)), nn.Parameter(torch.randn(32) / 32 ** 0.5)
+
+    def forward(self, x):
+        h = torch.relu(self.value(x.view(-1, 64, 1)) + self.position)
+        weights = torch.softmax(h @ self.query, dim=1)
+        return self.head((weights[..., None] * h).sum(1))
+
+
+def hand_ce(logits, y):
+    return -(F.one_hot(y, logits.shape[1]) * torch.log(F.softmax(logits, dim=1))).sum(1).mean()
+
+
+def hand_ce_stable(logits, y):
+    return -(F.one_hot(y, logits.shape[1]) * F.log_softmax(logits, dim=1)).sum(1).mean()
+
+
+def hand_bce(logits, y):
+    p = torch.sigmoid(logits)
+    return -(y * torch.log(p) + (1 - y) * torch.log(1 - p)).mean()
+
+
+def tagging():
+    from nndoctor.zoo.data import tagging as load
+    return load().train
+
+
+class Tagger(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed, self.rnn, self.head = nn.Embedding(12, 16, padding_idx=0), nn.GRU(16, 32, batch_first=True), nn.Linear(32, 5)
+
+    def forward(self, tokens):
+        return self.head(self.rnn(self.embed(tokens))[0]).transpose(1, 2)
+
+
+def next_tokens(n=1000, length=16):
+    """Teacher forcing on arithmetic sequences of tokens 1..11 (start and stride vary, so
+    the next token follows from the two before it): the true tokens in, the next ones out,
+    right-padded with 0 after a random length."""
+    g = torch.Generator().manual_seed(0)
+    start, stride = torch.randint(0, 11, (n, 1), generator=g), torch.randint(1, 4, (n, 1), generator=g)
+    tokens = (start + stride * torch.arange(length)) % 11 + 1
+    tokens[torch.arange(length) >= torch.randint(4, length, (n, 1), generator=g)] = 0
+    return tokens[:, :-1], tokens[:, 1:]
+
+
+class LanguageModel(Tagger):
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(32, 12)
+
+
 # ----------------------------------------------------------------------------- healthy setups stay silent
 
 HEALTHY = {
@@ -161,6 +252,15 @@ HEALTHY = {
     "diabetes regression, L1": lambda: (mlp(10, 1, 64), (DIAB, DIAB_Y), nn.L1Loss()),
     "autoencoder (narrow code on purpose)": lambda: (
         nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8), nn.ReLU(), nn.Linear(8, 64)), (DIGITS, DIGITS), nn.MSELoss()),
+    # how the output and the loss are built (tracecodes)
+    "digits Net, F.log_softmax(dim=1) + NLLLoss": lambda: (Normalized(partial(F.log_softmax, dim=1)), (DIGITS, DIGITS_Y), nn.NLLLoss()),
+    "digits Net, x.log_softmax(-1) + F.nll_loss": lambda: (Normalized(lambda z: z.log_softmax(-1)), (DIGITS, DIGITS_Y), F.nll_loss),
+    "digits Net, label smoothing 0.1": lambda: (Net(), (DIGITS, DIGITS_Y), CE(label_smoothing=0.1)),
+    "digits Net, hand-written CE on log_softmax": lambda: (Net(), (DIGITS, DIGITS_Y), hand_ce_stable),
+    "digits GRU, per-step LogSoftmax(dim=-1)": lambda: (StepScores(nn.LogSoftmax(dim=-1)), (rows(DIGITS), DIGITS_Y), per_step_nll),
+    "digits attention pooling, softmax over 64 steps": lambda: (AttentionPool(), (DIGITS, DIGITS_Y), CE()),
+    "tagger, padding ignored (ignore_index=0)": lambda: (Tagger(), tagging(), CE(ignore_index=0)),
+    "language model, teacher forcing, padding ignored": lambda: (LanguageModel(), next_tokens(), CE(ignore_index=0)),
 }
 
 
@@ -272,6 +372,17 @@ SICK = [
     ("loss.shape_mismatch", "CrossEntropy with float labels", lambda: (GRUNet(), (rows(DIGITS), DIGITS_Y.float()), CE())),
     ("fit.underfitting", "Softmax + CrossEntropy cannot overfit", lambda: (mlp(final=nn.Softmax(dim=1)), (DIGITS, DIGITS_Y), CE())),
     ("fit.underfitting", "std 0.001 init cannot overfit", lambda: (init_all(mlp(depth=6), lambda m: (nn.init.normal_(m.weight, std=1e-3), nn.init.zeros_(m.bias))), (DIGITS, DIGITS_Y), CE())),
+    # how the output and the loss are built (tracecodes)
+    ("output.softmax_wrong_dim", "Net, F.log_softmax(dim=0) + NLLLoss", lambda: (Normalized(partial(F.log_softmax, dim=0)), (DIGITS, DIGITS_Y), nn.NLLLoss())),
+    ("output.softmax_wrong_dim", "Sequential, nn.Softmax(dim=0) + CrossEntropy", lambda: (mlp(final=nn.Softmax(dim=0)), (DIGITS, DIGITS_Y), CE())),
+    ("output.softmax_wrong_dim", "GRU, nn.LogSoftmax() on (N, T, C): implicit dim 0", lambda: (StepScores(nn.LogSoftmax()), (rows(DIGITS), DIGITS_Y), per_step_nll)),
+    ("output.softmax_wrong_dim", "log_softmax(dim=0) inside the loss", lambda: (Net(), (DIGITS, DIGITS_Y), lambda z, y: F.nll_loss(F.log_softmax(z, 0), y))),
+    ("loss.unstable_log", "hand-written cross-entropy", lambda: (Net(), (DIGITS, DIGITS_Y), hand_ce)),
+    ("loss.unstable_log", "torch.log(F.softmax) in forward + NLLLoss", lambda: (Normalized(lambda z: torch.log(F.softmax(z, 1) + 1e-8)), (DIGITS, DIGITS_Y), nn.NLLLoss())),
+    ("loss.unstable_log", "hand-written BCE on sigmoid outputs", lambda: (mlp(30, 1, 64), (CANCER, CANCER_Y), hand_bce)),
+    ("loss.unstable_log", "CNN, nn.Softmax(dim=1) then log + gather", lambda: (cnn(nn.Softmax(dim=1)), (images(DIGITS), DIGITS_Y), lambda p, y: -p.gather(1, y[:, None]).log().mean())),
+    ("data.padding_in_loss", "tagger, CrossEntropyLoss without ignore_index", lambda: (Tagger(), tagging(), CE())),
+    ("data.padding_in_loss", "language model, teacher forcing, padding counted", lambda: (LanguageModel(), next_tokens(), CE())),
 ]
 
 

@@ -47,6 +47,13 @@ _CODES = [
              "Weight the loss by inverse class frequency or resample, and track a metric beyond accuracy."),
     CodeInfo("data.constant_feature", "info", "Constant input features",
              "Drop the constant features, or guard the division when standardizing."),
+    # output and loss construction: read from the loss's autograd graph on one batch (preflight/graph_checks.py)
+    CodeInfo("output.softmax_wrong_dim", "error", "Softmax over the batch dimension",
+             "Normalize over the class dimension: `softmax(x, dim=-1)` / `log_softmax(x, dim=-1)`, `nn.Softmax(dim=-1)` (never the implicit dim)."),
+    CodeInfo("data.padding_in_loss", "warning", "Padding counted in the loss",
+             "Set the labels of padding positions to the loss's ignore index (-100: `labels[attention_mask == 0] = -100`), or pass `ignore_index=PAD` to the loss."),
+    CodeInfo("loss.unstable_log", "warning", "A log of a softmax or sigmoid output",
+             "Use the fused, stable form: `log_softmax` + `nll_loss` or `F.cross_entropy` on the logits; `logsigmoid` or `BCEWithLogitsLoss` for sigmoid outputs."),
     # model and loss: checked before training, from the structure and one batch
     CodeInfo("output.activation_mismatch", "error", "Final activation does not fit the loss",
              "Remove the final activation when the loss expects raw outputs (CrossEntropyLoss, BCEWithLogitsLoss, regression), or use the loss that expects it."),

@@ -31,6 +31,7 @@ from ..data import check_data, sample
 from ..findings import Finding, Report
 from ..names import module_types, name_modules
 from . import data_checks as dc
+from . import graph_checks as gc
 from . import model_checks as mc
 from .case import Case
 from .losses import default_loss, loss_kind, run_loss
@@ -123,10 +124,12 @@ def _examine(c: Case, val_data) -> Case:
         _add(c, dc.check_labels_out_of_range, c, val[1], "val_data")
     if c.trace is None:
         return c
-    for check in (mc.check_output_activation, mc.check_loss_shapes, mc.check_loss_error, mc.check_symmetric,
-                  mc.check_init_scale, mc.check_recurrent_scale, mc.check_init_loss, mc.check_depth,
-                  mc.check_bottleneck):
+    c.graphs = _add(c, gc.loss_graphs, c)
+    for check in (gc.check_padding_in_loss, gc.check_softmax_dim, mc.check_output_activation, gc.check_unstable_log,
+                  mc.check_loss_shapes, mc.check_loss_error, mc.check_symmetric, mc.check_init_scale,
+                  mc.check_recurrent_scale, mc.check_init_loss, mc.check_depth, mc.check_bottleneck):
         _add(c, check, c)
+    c.graphs = None  # the graphs hold the batch's activations: let them go
     if c.loss0 is None or not math.isfinite(c.loss0):
         c.notes.append("The loss could not be computed on the first batch: the overfit and no-signal tests were skipped.")
         return c

@@ -67,7 +67,7 @@ def check_output_activation(c: Case) -> Finding | None:
             f"[{evidence['output_min']:.3g}, {evidence['output_max']:.3g}] with no sigmoid at the end.",
             evidence=evidence, where=where,
             fix="Use `nn.BCEWithLogitsLoss()` on the raw outputs (numerically safer than adding `nn.Sigmoid()` at the end).")
-    if kind == "nll" and not _looks_like_log_probabilities(out):
+    if kind == "nll" and not _looks_like_log_probabilities(out) and not c.has("output.softmax_wrong_dim"):
         told = f"{named} gives probabilities, not log-probabilities" if op == "softmax" else "the outputs are not log-probabilities"
         return Finding.make(
             "output.activation_mismatch",
@@ -286,7 +286,8 @@ def check_init_loss(c: Case) -> Finding | None:
     """Karpathy's 'verify loss @ init': with small random outputs the loss starts at ln C for
     C-class cross-entropy (ln 2 per binary target) and at the target variance for MSE. Far above
     means confident wrong guesses (too large a last layer) or an output offset from the targets."""
-    if c.loss0 is None or c.has("output.activation_mismatch", "data.labels_out_of_range", "loss.shape_mismatch"):
+    if c.loss0 is None or c.has("output.activation_mismatch", "data.labels_out_of_range", "loss.shape_mismatch",
+                                "output.softmax_wrong_dim"):  # a softmax over the batch starts at ln N, not ln C
         return None
     if not math.isfinite(c.loss0):
         return None  # a NaN/Inf at init is loss.nonfinite's, with the module that produced it

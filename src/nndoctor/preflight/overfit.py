@@ -37,7 +37,8 @@ LINEAR_STEPS = 100    # L-BFGS iterations for the linear reference learner...
 LINEAR_L2 = (1e-3, 1e-2, 1e-1)  # ...at three ridge penalties, the best held-out loss counts
 EASIER = 0.8          # real labels fitted to 80% of the loss of permuted labels: they follow the inputs
 # the explanations a failed overfit test looks for, most direct first
-EXPLAINERS = ["data.nonfinite", "data.labels_out_of_range", "output.activation_mismatch", "loss.shape_mismatch",
+EXPLAINERS = ["data.nonfinite", "data.labels_out_of_range", "output.softmax_wrong_dim", "output.activation_mismatch",
+              "loss.shape_mismatch",
               "init.symmetric", "init.scale_mismatch", "arch.bottleneck", "arch.too_deep", "data.not_normalized",
               "data.target_scale", "loss.init_mismatch"]
 

@@ -25,7 +25,7 @@ RULES: dict[str, Callable[["Run"], Finding | None]] = {}
 
 # symptom -> root causes that explain it, most specific first
 CAUSES = {
-    "loss.nonfinite": ("data.nonfinite", "lr.too_high", "grad.exploding", "init.scale_mismatch"),
+    "loss.nonfinite": ("data.nonfinite", "loss.unstable_log", "lr.too_high", "grad.exploding", "init.scale_mismatch"),
     "grad.exploding": ("lr.too_high", "init.scale_mismatch", "arch.too_deep", "loop.missing_zero_grad"),
     "loss.oscillation": ("lr.too_high", "data.unshuffled", "loop.missing_zero_grad"),
     "units.dead": ("lr.too_high", "init.scale_mismatch", "data.not_normalized"),
@@ -38,7 +38,7 @@ CAUSES = {
     "loss.plateau": ("init.symmetric", "grad.zero", "data.no_signal", "output.activation_mismatch",
                      "lr.too_low", "grad.vanishing", "units.dead", "units.saturated", "output.collapsed",
                      "reg.too_strong", "loop.eval_mode"),
-    "fit.underfitting": ("data.no_signal", "data.labels_out_of_range", "output.activation_mismatch",
+    "fit.underfitting": ("data.no_signal", "data.labels_out_of_range", "output.softmax_wrong_dim", "output.activation_mismatch",
                          "init.symmetric", "grad.zero", "grad.none", "lr.too_high", "lr.too_low",
                          "grad.vanishing", "units.dead", "units.saturated", "layers.slow_bottom",
                          "reg.too_strong", "arch.bottleneck", "loss.plateau", "output.collapsed"),

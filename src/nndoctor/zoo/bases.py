@@ -134,3 +134,26 @@ MLP_RINGS = Recipe(
 MLP_XOR = Recipe(
     family="mlp", data=data.xor, model=partial(mlp, 2, 2, hidden=(16,)),
     loss=nn.CrossEntropyLoss, optimizer=partial(torch.optim.Adam, lr=1e-2), steps=300)
+
+
+# how the output and the loss are built (tracecodes) ----------------------------------------
+
+class Tagger(nn.Module):
+    """Embedding (padding_idx=0) -> GRU -> a tag per position, returned as (N, tags, T), the
+    layout `nn.CrossEntropyLoss` takes for sequences."""
+
+    def __init__(self, vocab: int = 12, tags: int = 5, *, d_model: int = 32, hidden: int = 64):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d_model, padding_idx=data.PAD)
+        self.rnn = nn.GRU(d_model, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, tags)
+
+    def forward(self, tokens):
+        h, _ = self.rnn(self.embed(tokens))
+        return self.head(h).transpose(1, 2)
+
+
+GRU_TAGGER = Recipe(
+    family="rnn", data=data.tagging, model=Tagger,
+    loss=partial(nn.CrossEntropyLoss, ignore_index=data.PAD),
+    optimizer=partial(torch.optim.Adam, lr=3e-3), steps=150)

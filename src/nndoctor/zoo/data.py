@@ -172,3 +172,29 @@ def pointer(*, length: int = 10) -> Split:
     tokens, y = _pointer(3000, length)
     return _split(tokens, y, torch.long, x_dtype=torch.long)
 
+
+
+# sequences with padding (tracecodes: data.padding_in_loss) --------------------------------
+
+PAD = 0  # the pad token and the pad tag
+
+
+@lru_cache(maxsize=None)
+def _tagging(n: int, length: int, vocab: int, tags: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(13)
+    tokens = torch.randint(1, vocab, (n, length), generator=g)
+    back = torch.cat([torch.zeros(n, 3, dtype=torch.long), tokens[:, :-3]], 1)
+    labels = (tokens + back) % tags + 1
+    lengths = torch.randint(2, length // 2, (n,), generator=g)
+    padding = torch.arange(length)[None, :] >= lengths[:, None]
+    tokens[padding] = PAD
+    labels[padding] = PAD
+    return tokens, labels
+
+
+def tagging(*, length: int = 24, vocab: int = 12, tags: int = 4) -> Split:
+    """Token sequences of 2..11 tokens right-padded with 0 to `length` (73% padding); each
+    real token's tag (1..`tags`) depends on the token 3 steps back, padding's tag is 0. A
+    tagger must carry context, and the loss must ignore the padding."""
+    tokens, labels = _tagging(2000, length, vocab, tags)
+    return _split(tokens, labels, torch.long, x_dtype=torch.long)

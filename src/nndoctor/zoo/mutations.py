@@ -304,3 +304,28 @@ class SkipsALayer(FunctionalMLP):
 
     def forward(self, x):
         return self.out(F.relu(self.fc1(x)))
+
+
+# faults in how the output and the loss are built (tracecodes) -------------------------------
+
+def loss_fn(factory: Callable[[], object]) -> Mutation:
+    """Swap the loss."""
+    return lambda r: replace(r, loss=factory)
+
+
+def hand_written_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy as the formula reads: -sum(onehot * log(softmax)). log(0) = -inf as soon
+    as one probability underflows (F.cross_entropy computes the same via log_softmax)."""
+    return -(F.one_hot(y, logits.shape[1]) * torch.log(F.softmax(logits, dim=1))).sum(1).mean()
+
+
+class LogSoftmaxMLP(FunctionalMLP):
+    """Ends with F.log_softmax(z, dim=dim), for NLLLoss: dim=1 normalizes each row over the
+    classes; dim=0 normalizes each class column over the batch (the bug)."""
+
+    def __init__(self, *args, dim: int = 1, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.dim = dim
+
+    def forward(self, x):
+        return F.log_softmax(super().forward(x), dim=self.dim)

@@ -62,6 +62,11 @@ HEALTHY = [
              (), b.MLP_RINGS, tags=("quick",)),
     scenario("mlp-xor", "healthy: 16 hidden units solve XOR from every initialization (restarts end within 0.001 of each other).",
              (), b.MLP_XOR, tags=("quick", "restarts")),
+    # how the output and the loss are built (tracecodes)
+    scenario("gru-tagger", "healthy: a GRU tags each token of padded sequences; CrossEntropyLoss(ignore_index=0) skips the padding (real-token loss 0.75, acc 0.60 after 150 steps).",
+             (), b.GRU_TAGGER, tags=("quick",)),
+    scenario("mlp-digits/log-softmax-nll", "healthy: an MLP ending in F.log_softmax(z, dim=1) with NLLLoss (val acc 0.97).",
+             (), b.MLP_DIGITS, m.model(m.LogSoftmaxMLP), m.loss_fn(nn.NLLLoss), tags=("quick",)),
 ]
 
 SICK = [
@@ -218,6 +223,15 @@ SICK = [
              b.MLP_DIGITS_SGD, m.arch(hidden=(64,) * 19, act=nn.Tanh)),
     scenario("mlp-digits/bottleneck=2", "A 2-unit hidden layer in front of 10 classes: train loss 1.56 and val acc 0.42 (base: 0.17 and 0.96).",
              ("arch.bottleneck", "fit.underfitting"), b.MLP_DIGITS, m.arch(hidden=(128, 2))),
+    # how the output and the loss are built (tracecodes)
+    scenario("mlp-digits/log-softmax-dim=0", "F.log_softmax(z, dim=0) before NLLLoss normalizes each class over the batch: whole batches still rank the classes (val acc 0.98), but one row at a time every class scores log 1 = 0 and the answer is always class 0 (acc 0.10); the rows' probabilities sum to 0.007-0.04.",
+             ("output.softmax_wrong_dim",), b.MLP_DIGITS, m.model(partial(m.LogSoftmaxMLP, dim=0)), m.loss_fn(nn.NLLLoss),
+             tags=("quick",)),
+    scenario("mlp-digits/hand-written-ce", "A hand-written -(onehot * log(softmax(z))).sum(1).mean() with Adam at lr=0.03: a probability underflows to 0 and the loss is NaN from step 32 (seeds 1, 2: 44, 33); F.cross_entropy on the same setup reaches val acc 0.95.",
+             ("loss.unstable_log", "loss.nonfinite"), b.MLP_DIGITS, m.lr(0.03),
+             m.loss_fn(lambda: m.hand_written_cross_entropy), tags=("quick",)),
+    scenario("gru-tagger/padding-counted", "CrossEntropyLoss() without ignore_index on padded tag sequences (73% padding): the training loss reads 0.27 while the loss on the real tokens is 0.86 (ignoring the padding: 0.75).",
+             ("data.padding_in_loss",), b.GRU_TAGGER, m.loss_fn(nn.CrossEntropyLoss), tags=("quick",)),
 ]
 
 SCENARIOS: list[Scenario] = HEALTHY + SICK
