@@ -134,6 +134,15 @@ CE = nn.CrossEntropyLoss
 
 # how the output and the loss are built (tracecodes): read from the loss's autograd graph
 
+class Lambda(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
 class Normalized(nn.Module):
     """The digits Net with a softmax-family call of the user's choice at the end of forward()."""
     def __init__(self, end):
@@ -261,6 +270,8 @@ HEALTHY = {
     "digits attention pooling, softmax over 64 steps": lambda: (AttentionPool(), (DIGITS, DIGITS_Y), CE()),
     "tagger, padding ignored (ignore_index=0)": lambda: (Tagger(), tagging(), CE(ignore_index=0)),
     "language model, teacher forcing, padding ignored": lambda: (LanguageModel(), next_tokens(), CE(ignore_index=0)),
+    "regression, round with a straight-through estimator": lambda: (
+        mlp(10, 1, 64, final=Lambda(lambda z: z + (torch.round(z) - z).detach())), (DIAB, DIAB_Y), nn.MSELoss()),
 }
 
 
@@ -383,6 +394,8 @@ SICK = [
     ("loss.unstable_log", "CNN, nn.Softmax(dim=1) then log + gather", lambda: (cnn(nn.Softmax(dim=1)), (images(DIGITS), DIGITS_Y), lambda p, y: -p.gather(1, y[:, None]).log().mean())),
     ("data.padding_in_loss", "tagger, CrossEntropyLoss without ignore_index", lambda: (Tagger(), tagging(), CE())),
     ("data.padding_in_loss", "language model, teacher forcing, padding counted", lambda: (LanguageModel(), next_tokens(), CE())),
+    ("grad.zero", "regression, torch.round on the output", lambda: (mlp(10, 1, 64, final=Lambda(torch.round)), (DIAB, DIAB_Y), nn.MSELoss())),
+    ("grad.zero", "Net, sign() on the logits", lambda: (Normalized(torch.sign), (DIGITS, DIGITS_Y), CE())),
 ]
 
 

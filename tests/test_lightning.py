@@ -30,7 +30,12 @@ class Classifier(pl.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.lr)
 
 
-def fit(tmp_path, lr=1e-3, accumulate=1, plugins=(), epochs=8):
+class SGDClassifier(Classifier):
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+def fit(tmp_path, lr=1e-3, accumulate=1, plugins=(), epochs=8, clip=None, module=Classifier):
     torch.manual_seed(0)
     X = torch.randn(1024, 20)
     y = (X[:, :5].sum(1) > 0).long() + (X[:, 5:10].sum(1) > 0).long()
@@ -38,10 +43,10 @@ def fit(tmp_path, lr=1e-3, accumulate=1, plugins=(), epochs=8):
     train = torch.utils.data.DataLoader(data, batch_size=32, shuffle=True)
     val = torch.utils.data.DataLoader(data, batch_size=256)
     callback = DoctorCallback(out=tmp_path / "report", print_report=False)
-    trainer = pl.Trainer(max_epochs=epochs, accumulate_grad_batches=accumulate, callbacks=[callback],
+    trainer = pl.Trainer(max_epochs=epochs, accumulate_grad_batches=accumulate, callbacks=[callback], gradient_clip_val=clip,
                          plugins=list(plugins), logger=pl.loggers.CSVLogger(tmp_path / "logs"),
                          enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
-    trainer.fit(Classifier(lr), train, val)
+    trainer.fit(module(lr), train, val)
     return trainer, callback.report
 
 
@@ -73,3 +78,11 @@ def test_learning_rate_far_too_high_is_named_and_logged(tmp_path):
     trainer, report = fit(tmp_path, lr=1.0, epochs=4)
     assert report.findings[0].code == "lr.too_high"
     assert float(logged(trainer)["nndoctor/lr.too_high"]) == 1.0
+
+
+@pytest.mark.parametrize("clip, clipped", [(0.01, True), (100.0, False)], ids=["clip=0.01", "clip=100"])
+def test_gradient_clipping_on_every_step_is_named(tmp_path, clip, clipped):
+    """Lightning clips after `on_before_optimizer_step`, where the gradients are read: the
+    rule compares those norms with the trainer's gradient_clip_val."""
+    trainer, report = fit(tmp_path, lr=0.5, epochs=4, clip=clip, module=SGDClassifier)
+    assert report.has("grad.clipped_always") == clipped, [(f.code, f.message) for f in report.findings]

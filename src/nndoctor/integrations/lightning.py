@@ -3,7 +3,8 @@
 Lightning runs the training step and the backward inside a closure that
 `optimizer.step()` calls, after the optimizer's step pre-hooks; so the doctor is driven by
 the callback hooks instead. `on_before_optimizer_step` comes after the closure, after AMP
-unscaled the gradients and after gradient clipping; it fires only on the batches that end an
+unscaled the gradients but before gradient clipping (so the clipping rule is given the
+trainer's `gradient_clip_val` to compare the norms with); it fires only on the batches that end an
 accumulation window, and the end of that batch (`on_train_batch_end`) follows the step. A
 step that GradScaler skips (non-finite fp16 gradients) is left out, as the watcher leaves
 out such steps in a plain loop; it is detected on the sampled steps, where the gradients are
@@ -51,6 +52,8 @@ class DoctorCallback(Callback):
         self._optimizer = trainer.optimizers[0] if trainer.optimizers else None
         planned = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
         self.doctor = Doctor(pl_module, self._optimizer, step_hooks=False, planned_steps=planned, **self.options)
+        if trainer.gradient_clip_val and (trainer.gradient_clip_algorithm or "norm") == "norm":
+            self.doctor.extra["pre_clip_limit"] = float(trainer.gradient_clip_val)  # read before Lightning clips
         if len(trainer.optimizers) > 1:
             self.doctor.notes.append(f"only the first of {len(trainer.optimizers)} optimizers is watched")
         self.doctor.attach()

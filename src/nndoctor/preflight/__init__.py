@@ -127,7 +127,8 @@ def _examine(c: Case, val_data) -> Case:
     c.graphs = _add(c, gc.loss_graphs, c)
     for check in (gc.check_padding_in_loss, gc.check_softmax_dim, mc.check_output_activation, gc.check_unstable_log,
                   mc.check_loss_shapes, mc.check_loss_error, mc.check_symmetric, mc.check_init_scale,
-                  mc.check_recurrent_scale, mc.check_init_loss, mc.check_depth, mc.check_bottleneck):
+                  mc.check_recurrent_scale, mc.check_init_loss, mc.check_depth, mc.check_bottleneck,
+                  gc.check_zero_gradient):
         _add(c, check, c)
     c.graphs = None  # the graphs hold the batch's activations: let them go
     if c.loss0 is None or not math.isfinite(c.loss0):

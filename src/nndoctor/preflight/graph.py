@@ -26,6 +26,9 @@ TRANSPARENT = {"AddBackward0", "AddBackward1", "ClampBackward1", "ClampMinBackwa
                "SumBackward0", "SumBackward1", "MulBackward0"}  # (p * onehot).sum(1).log(): the true class's p
 PROBABILITIES = {"SoftmaxBackward0": "softmax", "SigmoidBackward0": "sigmoid"}
 NORMALIZERS = {"SoftmaxBackward0": "softmax", "LogSoftmaxBackward0": "log_softmax"}
+# ops whose derivative is zero wherever it exists: everything below them gets a zero gradient
+ZERO_DERIVATIVE = {"RoundBackward0": "round", "RoundBackward1": "round", "SignBackward0": "sign",
+                   "SgnBackward0": "sgn", "FloorBackward0": "floor", "CeilBackward0": "ceil", "TruncBackward0": "trunc"}
 
 
 @dataclass
@@ -50,6 +53,8 @@ class LossGraph:
     normalizers: list[Normalizer]
     unstable_logs: list[UnstableLog]
     targets: list[tuple[torch.Tensor, int]]  # (target, ignore_index) of each NLL loss
+    flat_ops: list[str]                      # ops with a zero derivative (round, sign, floor...), loss side first
+    loss: torch.Tensor | None = None         # the loss itself (its graph kept for one backward)
 
 
 def walk(loss: torch.Tensor) -> list:
@@ -113,10 +118,12 @@ def _is_hand_softmax(div) -> bool:
 def read(loss: torch.Tensor) -> LossGraph:
     """What the loss's graph says about how it was built."""
     nodes = walk(loss)
-    normalizers, logs, targets = [], [], []
+    normalizers, logs, targets, flat = [], [], [], []
     for i, node in enumerate(nodes):
         name = type(node).__name__
-        if name in NORMALIZERS:
+        if name in ZERO_DERIVATIVE:
+            flat.append(ZERO_DERIVATIVE[name])
+        elif name in NORMALIZERS:
             dim = _saved(node, "_saved_dim")
             if isinstance(dim, int):
                 dim = dim - 2 ** 64 if dim >= 2 ** 63 else dim  # saved as an unsigned int: -1 reads 2**64 - 1
@@ -132,4 +139,4 @@ def read(loss: torch.Tensor) -> LossGraph:
             target, ignore = _saved(node, "_saved_target"), _saved(node, "_saved_ignore_index")
             if isinstance(target, torch.Tensor) and isinstance(ignore, int):
                 targets.append((target, ignore))
-    return LossGraph(nodes, normalizers, logs, targets)
+    return LossGraph(nodes, normalizers, logs, targets, flat, loss)

@@ -1,11 +1,14 @@
 """Checks of how the output and the loss are built, from the loss's autograd graph (graph.py):
-a softmax over the batch, a log of a probability, padding counted in a sequence loss.
+a softmax over the batch, a log of a probability, padding counted in a sequence loss, and a
+zero-derivative op (round, sign) that leaves parameters with an exactly-zero gradient.
 
 The graph is taken from the probe copy on two batch sizes: an axis of a softmax whose size
 follows the batch size is the batch axis, whatever the layout ((N, C), (N, T, C), (T, N, C)),
 and an axis that merely happens to be as long as the batch is not mistaken for it.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -177,3 +180,32 @@ def check_padding_in_loss(c: Case) -> Finding | None:
         return None
     return padding_finding(*found, ignore, f"the pad id {pad} of the model's `nn.Embedding(padding_idx={pad})`",
                            "loss_fn")
+
+
+def check_zero_gradient(c: Case) -> Finding | None:
+    """An op with a zero derivative (round, sign, floor) between parameters and the loss: one
+    backward on the probe copy shows which parameters get an exactly-zero gradient although the
+    loss is not at zero. At the very end of the model that is every parameter, and training
+    cannot even start (the run's own rule needs some other gradient to compare with)."""
+    graphs = c.graphs
+    if not graphs or not graphs[0].flat_ops or graphs[0].loss is None:
+        return None
+    loss = graphs[0].loss
+    named = [(n, p) for n, p in c.probe.named_parameters() if p.requires_grad]
+    value = float(loss.detach())
+    if not named or not math.isfinite(value) or value == 0:
+        return None
+    grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True, retain_graph=True)
+    zero = [n for (n, _), g in zip(named, grads) if g is not None and not bool(g.ne(0).any())]
+    if not zero:
+        return None
+    ops = "`, `".join(sorted(set(graphs[0].flat_ops)))
+    every = len(zero) == sum(g is not None for g in grads)
+    who = "Every parameter gets" if every else f"{len(zero)} parameter(s) (e.g. `{zero[0]}`) get"
+    return Finding.make(
+        "grad.zero",
+        f"{who} an exactly-zero gradient on the first batch while the loss is {value:.3g}: `{ops}` between "
+        f"them and the loss has a zero derivative" + (", so nothing can learn." if every else "."),
+        evidence={"parameters": zero[:20], "count": len(zero), "ops": sorted(set(graphs[0].flat_ops)),
+                  "all_parameters": every},
+        where=zero[:20])

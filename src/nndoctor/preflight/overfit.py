@@ -38,7 +38,7 @@ LINEAR_L2 = (1e-3, 1e-2, 1e-1)  # ...at three ridge penalties, the best held-out
 EASIER = 0.8          # real labels fitted to 80% of the loss of permuted labels: they follow the inputs
 # the explanations a failed overfit test looks for, most direct first
 EXPLAINERS = ["data.nonfinite", "data.labels_out_of_range", "output.softmax_wrong_dim", "output.activation_mismatch",
-              "loss.shape_mismatch",
+              "loss.shape_mismatch", "grad.zero",
               "init.symmetric", "init.scale_mismatch", "arch.bottleneck", "arch.too_deep", "data.not_normalized",
               "data.target_scale", "loss.init_mismatch"]
 

@@ -19,7 +19,10 @@ TIME_RATIO = 1e-3     # the first time step's influence on the last output below
 ZERO_SHARE = 0.9      # exactly-zero gradient on 90% of steps: not chance, a cut in the graph
 PINNED = 1e-3         # total norm within 0.1% of the same value: a clipping threshold, not chance
 PINNED_SHARE = 0.5    # pinned on half of the sampled steps or more...
-PINNED_SAMPLES = 10   # ...of at least ten
+PINNED_SAMPLES = 5    # ...of at least five (a 100-step loop sampled every 20 steps): three or more norms
+#                       equal to 0.1% on steps 20+ apart, while the loss itself moves, are no chance
+LOSS_MOVES = 0.01     # the loss on the pinned steps spreads over 1% of its level (a converged full-batch
+#                       run with weight decay also holds a constant gradient norm, at a constant loss)
 SCALE_FREE = (torch.optim.Adam, torch.optim.AdamW, torch.optim.Adamax, torch.optim.NAdam, torch.optim.RAdam,
               torch.optim.RMSprop, torch.optim.Adagrad, torch.optim.Adadelta)  # steps ~ g / running RMS of g
 
@@ -145,7 +148,18 @@ def grad_zero(run: Run) -> Finding | None:
             zero.append(name)
         elif np.any(v > 0):
             total_nonzero = True
-    if zero and total_nonzero:
+    _, loss = run.loss()
+    every = bool(zero) and not total_nonzero
+    # every gradient zero: a zero-derivative op at the very end (round/sign on the output),
+    # unless the loss itself sits at exactly zero (a perfect fit has zero gradients too)
+    if zero and (total_nonzero or (len(finite(loss)) and float(np.median(finite(loss))) > 0)):
+        if every:
+            return Finding.make("grad.zero",
+                                f"Every parameter gets an exactly-zero gradient on every step while the loss stays at "
+                                f"{float(np.median(finite(loss))):.3g}: an op at the end of the model (round, sign, a "
+                                f"threshold) has a zero derivative, so nothing learns.",
+                                evidence={"parameters": zero[:20], "count": len(zero), "all_parameters": True},
+                                where=zero[:20])
         return Finding.make("grad.zero",
                             f"{len(zero)} parameter(s) on the loss path get an exactly-zero gradient on every step "
                             f"(e.g. `{zero[0]}`): an op between them and the loss is not differentiable.",
@@ -177,21 +191,41 @@ def grad_clipped_always(run: Run) -> Finding | None:
     total = run.series("grad_norm/total")
     if total is None or len(total) < PINNED_SAMPLES:
         return None
-    norms = finite(total.trace()[1])
+    steps, norms = total.trace()
+    keep = np.isfinite(norms)
+    steps, norms = steps[keep], norms[keep]
     if len(norms) < PINNED_SAMPLES:
         return None
-    cap = float(np.median(norms))
-    pinned = np.abs(norms - cap) <= PINNED * cap
-    share = float(pinned.mean())
+    limit = run.extra.get("pre_clip_limit")
+    if limit:  # the norms were read before the framework clipped them (Lightning): compare with its limit
+        cap, clipped = float(limit), norms > float(limit)
+        seen = f"the gradient norm before clipping exceeds the limit {cap:.3g}"
+    else:  # read after the user's clip: the clipped norms all sit at the limit
+        cap = float(np.median(norms))
+        clipped = np.abs(norms - cap) <= PINNED * cap
+        seen = f"the gradient norm sits exactly at {cap:.3g}"
+        if not _loss_moves(run, steps[clipped]):
+            return None
+    share = float(clipped.mean())
     if cap > 0 and share >= PINNED_SHARE:
         # Adam-like steps divide by a running gradient scale: a norm clipped on every step leaves the
         # step size as it was, so it hides no rate; it only evens out the batches' weight
         normalized = isinstance(run.optimizer, SCALE_FREE)
         return Finding.make("grad.clipped_always",
-                            f"The gradient norm sits exactly at {cap:.3g} on {share:.0%} of steps: clipping fires "
-                            f"almost every step"
+                            f"On {share:.0%} of the sampled steps {seen}: clipping fires almost every step"
                             + (f"; {type(run.optimizer).__name__} normalizes its steps by the gradient's running scale, "
                                f"so this changes little." if normalized else "."),
-                            evidence={"clip_norm": cap, "clipped_share": share},
+                            evidence={"clip_norm": cap, "clipped_share": share, "sampled_steps": len(norms),
+                                      **({"median_norm_before_clipping": float(np.median(norms))} if limit else {})},
                             severity="info" if normalized else None)
     return None
+
+
+def _loss_moves(run: Run, steps: np.ndarray) -> bool:
+    """The loss on these steps varies: batches differ, so a constant gradient norm is a clip."""
+    loss_steps, loss = run.loss()
+    at = finite(loss[np.isin(loss_steps, steps)])
+    if len(at) < 3:
+        return True  # no loss logged at those steps: the pinned norms alone decide
+    level = float(np.median(np.abs(at)))
+    return level == 0 or float(np.ptp(at)) > LOSS_MOVES * level

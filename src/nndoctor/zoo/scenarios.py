@@ -232,6 +232,8 @@ SICK = [
              m.loss_fn(lambda: m.hand_written_cross_entropy), tags=("quick",)),
     scenario("gru-tagger/padding-counted", "CrossEntropyLoss() without ignore_index on padded tag sequences (73% padding): the training loss reads 0.27 while the loss on the real tokens is 0.86 (ignoring the padding: 0.75).",
              ("data.padding_in_loss",), b.GRU_TAGGER, m.loss_fn(nn.CrossEntropyLoss), tags=("quick",)),
+    scenario("mlp-diabetes/round-output", "torch.round on the regression output (predictions as whole numbers): every parameter gets exactly zero gradient and never moves: the val MSE stays at 1.02 (the target variance is 1.0).",
+             ("grad.zero", "fit.underfitting"), b.MLP_DIABETES, m.append(m.Round), tags=("quick",)),
 ]
 
 SCENARIOS: list[Scenario] = HEALTHY + SICK
