@@ -1,17 +1,29 @@
 """CLI: bad input gives one clear line and a non-zero exit, never a traceback."""
+import json
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import torch
 from torch import nn
 
 import nndoctor
+from nndoctor.cli import main
+from nndoctor.demo import agreement
+from nndoctor.findings import Finding, Report
 
 
-def run(*args):
-    r = subprocess.run([sys.executable, "-m", "nndoctor.cli", *args], capture_output=True, text=True, timeout=120)
+def run(*args, cwd=None):
+    r = subprocess.run([sys.executable, "-m", "nndoctor.cli", *args], capture_output=True, text=True, timeout=300,
+                       cwd=cwd)
     return r.returncode, (r.stdout + r.stderr).strip()
+
+
+def run_split(*args, cwd=None):
+    r = subprocess.run([sys.executable, "-m", "nndoctor", *args], capture_output=True, text=True, timeout=300,
+                       cwd=cwd)
+    return r.returncode, r.stdout.strip(), r.stderr.strip()
 
 
 @pytest.mark.parametrize("args", [
@@ -35,6 +47,75 @@ def test_malformed_report_is_one_clear_line(tmp_path, content):
     assert code != 0 and "Traceback" not in out and len(out.splitlines()) == 1
 
 
+def saved_report() -> dict:
+    finding = Finding.make("lr.too_high", "The loss grew at step 2.", evidence={"lr": 8.0}, where="0", step=2)
+    return Report(findings=[finding], meta={"steps": 10, "model": "Sequential"}, notes=["a note"],
+                  series={"loss": {"step": [0, 1], "value": [2.3, 9.9]}}).to_dict()
+
+
+def set_at(report: dict, path: str, value) -> dict:
+    """`path` like "findings.0.message" or "meta"."""
+    *parents, last = [int(k) if k.isdigit() else k for k in path.split(".")]
+    target = report
+    for key in parents:
+        target = target[key]
+    target[last] = value
+    return report
+
+
+@pytest.mark.parametrize("path, value, named", [
+    ("findings.0.message", 3, "findings[0].message must be a string, not an integer"),
+    ("findings.0.message", ["a", "b"], "findings[0].message must be a string, not a list"),
+    ("findings.0.fix", None, "findings[0].fix must be a string, not null"),
+    ("findings.0.evidence", "big", "findings[0].evidence must be an object, not a string"),
+    ("findings.0.step", "2", "findings[0].step must be an integer or null, not a string"),
+    ("findings.0.where", [1], "findings[0].where[0] must be a string"),
+    ("findings.0.severity", "fatal", "findings[0]: severity must be one of"),
+    ("meta", [1, 2], "meta must be an object, not a list"),
+    ("meta", "Sequential", "meta must be an object, not a string"),
+    ("notes", 3, "notes must be a list, not an integer"),
+    ("notes", ["ok", {"a": 1}], "notes[1] must be a string, not an object"),
+    ("series.loss", [1, 2], "series.loss must be an object, not a list"),
+    ("series.loss.value", [1.0], "series.loss has 2 steps but 1 values"),
+])
+def test_each_malformed_field_is_named_in_one_line(tmp_path, capsys, path, value, named):
+    file = tmp_path / "r.json"
+    file.write_text(json.dumps(set_at(saved_report(), path, value)))
+    assert main(["show", str(file), "--html", str(tmp_path / "page.html")]) != 0
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and named in err, err
+    assert not (tmp_path / "page.html").exists()
+
+
+def test_deep_nesting_is_one_line_not_a_recursion_error(tmp_path, capsys):
+    for depth in (200, 100_000):  # 200: json reads it, the check refuses it; 100000: json itself recurses too deep
+        file = tmp_path / "deep.json"
+        file.write_text(json.dumps(saved_report())[:-1] + ', "extra": ' + "[" * depth + "]" * depth + "}")
+        assert main(["show", str(file)]) != 0
+        out, err = capsys.readouterr()
+        assert out == "" and len(err.strip().splitlines()) == 1 and "nested deeper than 64 levels" in err, err
+
+
+def test_a_lone_surrogate_is_one_line(tmp_path, capsys):
+    file = tmp_path / "r.json"
+    file.write_text(json.dumps(saved_report()).replace("The loss grew", "\\ud800 The loss grew"))
+    assert main(["show", str(file), "--html", str(tmp_path / "page.html")]) != 0
+    out, err = capsys.readouterr()
+    assert "findings[0].message is not valid Unicode" in err and len(err.strip().splitlines()) == 1
+
+
+def test_rich_markup_in_the_report_is_shown_literally(tmp_path, capsys):
+    file = tmp_path / "r.json"
+    file.write_text(json.dumps(set_at(saved_report(), "meta.model", "[bold red]Net[/] [link=https://x.y]z[/link]")))
+    assert main(["show", str(file)]) == 0
+    assert "[bold red]Net[/] [link=https://x.y]z[/link]" in capsys.readouterr().out
+
+
+def test_a_saved_report_still_loads_equal():
+    report = Report.from_dict(json.loads(json.dumps(saved_report())))
+    assert report.to_dict() == saved_report()
+
+
 def test_show_prints_a_saved_report_and_writes_html(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
@@ -52,3 +133,73 @@ def test_show_prints_a_saved_report_and_writes_html(tmp_path):
 def test_help_reads_well():
     code, out = run("--help")
     assert code == 0 and "demo" in out and "show" in out
+
+
+def test_version_and_python_m_nndoctor():
+    code, out, err = run_split("--version")
+    assert code == 0 and out == f"nndoctor {nndoctor.__version__}"
+
+
+def test_watch_usage_shows_the_script_arguments_as_optional():
+    code, out, _ = run_split("watch", "--help")
+    assert code == 0 and "SCRIPT.py [ARGS ...]" in out
+
+
+def test_errors_go_to_stderr():
+    code, out, err = run_split("show", "/no/such/report.json")
+    assert code == 1 and out == "" and err == "nndoctor: error: no such file: /no/such/report.json"
+
+
+TRAIN = textwrap.dedent("""
+    import pathlib, torch
+    from torch import nn
+    pathlib.Path("ran").write_text("yes")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    X = torch.randn(64, 4); y = X.sum(1, keepdim=True)
+    for _ in range(30):
+        loss = nn.functional.mse_loss(model(X), y)
+        opt.zero_grad(); loss.backward(); opt.step()
+""")
+
+
+@pytest.mark.parametrize("out, why", [("taken.txt", "it is a file, not a folder"),
+                                      ("taken.txt/reports", "Not a directory")])
+def test_watch_refuses_an_unwritable_out_before_the_script_runs(tmp_path, out, why):
+    (tmp_path / "train.py").write_text(TRAIN)
+    (tmp_path / "taken.txt").write_text("a file")
+    code, stdout, err = run_split("watch", "--out", out, "train.py", cwd=tmp_path)
+    assert code == 1 and stdout == "" and why in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "ran").exists()  # refused before the training, not after it
+
+
+def test_watch_writes_each_run_to_a_fresh_folder_and_the_latest_to_nndoctor_report(tmp_path):
+    (tmp_path / "train.py").write_text(TRAIN)
+    for _ in range(2):
+        code, out, err = run_split("watch", "train.py", cwd=tmp_path)
+        assert code == 0, err
+    runs = sorted((tmp_path / "nndoctor-runs").iterdir())
+    assert len(runs) == 2 and all(r.name.startswith("train-") for r in runs)
+    assert all((r / "report.json").is_file() and (r / "report.html").is_file() for r in runs)
+    latest = max(runs, key=lambda r: (r / "report.json").stat().st_mtime)
+    assert (tmp_path / "nndoctor-report" / "report.json").read_text() == (latest / "report.json").read_text()
+    assert Report.from_json((latest / "report.json").read_text()).meta["steps"] == 30
+
+
+def test_demo_repair_honours_out(tmp_path):
+    code, out, err = run_split("demo", "--repair", "--only", "mlp-digits/lr=8", "--out", str(tmp_path / "d"))
+    assert code == 0, err
+    before = Report.from_json((tmp_path / "d" / "mlp-digits_lr-8.before.json").read_text())
+    after = Report.from_json((tmp_path / "d" / "mlp-digits_lr-8.after.json").read_text())
+    assert before.has("lr.too_high") and not after.has("lr.too_high")
+    assert (tmp_path / "d" / "mlp-digits_lr-8.after.html").is_file()
+
+
+def test_demo_says_partly_when_only_some_expected_codes_came():
+    expected = ("loss.shape_mismatch", "output.collapsed")
+    assert agreement(expected, ["loss.shape_mismatch", "output.collapsed"]) == "yes"
+    assert agreement(expected, ["loss.shape_mismatch"]) == "partly"
+    assert agreement(expected, ["output.collapsed", "loss.shape_mismatch"]) == "partly"  # root not first
+    assert agreement(expected, ["lr.too_high"]) == "no"
+    assert agreement((), []) == "yes" and agreement((), ["lr.too_high"]) == "no"

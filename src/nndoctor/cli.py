@@ -3,10 +3,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 EXIT_USAGE, EXIT_INPUT = 2, 1
+RUNS = Path("nndoctor-runs")      # `nndoctor watch` without --out: one fresh folder per run in here
+LATEST = Path("nndoctor-report")  # ... and a copy of the latest run's report here
 
 
 class UsageError(Exception):
@@ -14,18 +20,32 @@ class UsageError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, formatter_class=Formatter, **kwargs)
+
     def error(self, message):  # one line instead of argparse's usage dump
         raise UsageError(f"{message} (see `nndoctor --help`)")
 
 
+class Formatter(argparse.HelpFormatter):
+    """Shows the script's own arguments as optional (`[ARGS ...]`), not as argparse's bare `...`."""
+    def _format_args(self, action, default_metavar):
+        if action.nargs == argparse.REMAINDER:
+            return f"[{self._metavar_formatter(action, default_metavar)(1)[0]} ...]"
+        return super()._format_args(action, default_metavar)
+
+
 def build_parser() -> Parser:
+    from . import __version__
     parser = Parser(prog="nndoctor",
                     description="A doctor for PyTorch training: names each pitfall with its evidence and a fix.")
+    parser.add_argument("--version", action="version", version=f"nndoctor {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     demo = sub.add_parser("demo", help="diagnose bundled sick and healthy networks (offline, ~1 min)",
                           description="Runs the bundled sick and healthy networks through nndoctor.diagnose, "
                                       "prints expected vs found, and writes the reports.")
-    demo.add_argument("--out", default="nndoctor-demo", help="folder for the reports (default: %(default)s)")
+    demo.add_argument("--out", default="nndoctor-demo", metavar="DIR",
+                      help="folder for the reports (default: %(default)s)")
     demo.add_argument("--only", metavar="TEXT", help="run only the scenarios whose name contains TEXT")
     demo.add_argument("--repair", action="store_true",
                       help="repair each sick network and show before -> after (each fix proven by a re-run)")
@@ -33,8 +53,9 @@ def build_parser() -> Parser:
                            description="Runs SCRIPT.py as __main__ with its own arguments (like `python SCRIPT.py "
                                        "ARGS`), watches its training through global hooks, then prints the report "
                                        "and writes DIR/report.json and DIR/report.html. Keeps the script's exit status.")
-    watch.add_argument("--out", default="nndoctor-report", metavar="DIR",
-                       help="folder for report.json and report.html (default: %(default)s)")
+    watch.add_argument("--out", metavar="DIR",
+                       help=f"folder for report.json and report.html (default: a fresh {RUNS}/SCRIPT-TIME/ "
+                            f"for every run, never overwritten, and a copy of the latest in {LATEST}/)")
     watch.add_argument("script", metavar="SCRIPT.py", help="the training script")
     watch.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="the script's own arguments")
     show = sub.add_parser("show", help="print a saved report (REPORT.json); --html writes the page",
@@ -57,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             return watch(args.script, args.args, args.out)
         from .demo import run_demo, run_repair_demo
         if args.repair:
-            return run_repair_demo(only=args.only)
+            return run_repair_demo(out=Path(args.out), only=args.only)
         return run_demo(out=Path(args.out), only=args.only)
     except UsageError as exc:
         print(f"nndoctor: error: {exc}", file=sys.stderr)
@@ -82,13 +103,63 @@ def load_report(path: str):
         raise UsageError(f"{path} is not an nndoctor report: {exc}") from None
 
 
-def watch(script: str, script_args: list[str], out: str) -> int:
+def watch(script: str, script_args: list[str], out: str | None) -> int:
     path = Path(script)
     if not path.is_file():
         print(f"nndoctor: error: {'not a file' if path.exists() else 'no such file'}: {script}", file=sys.stderr)
         return EXIT_INPUT
+    reporting = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 writes the report for all ranks
+    if out is not None:
+        folder = Path(out).resolve()  # resolved now: the script may change the working directory
+    else:
+        folder = fresh_folder(RUNS.resolve(), path.stem) if reporting else RUNS.resolve()
+    problem = unwritable(folder)
+    if problem:  # said before the script runs, not after an hour of training
+        print(f"nndoctor: error: cannot write the report to {out or folder}: {problem}", file=sys.stderr)
+        return EXIT_INPUT
     from .integrations.script import run
-    return run(script, script_args, out=out)
+    status = run(script, script_args, out=folder)
+    if out is None and reporting and (folder / "report.json").is_file():
+        latest = LATEST.resolve()
+        try:
+            latest.mkdir(exist_ok=True)
+            for name in ("report.json", "report.html"):
+                if (folder / name).is_file():
+                    shutil.copyfile(folder / name, latest / name)
+        except OSError as exc:
+            print(f"nndoctor: error: cannot copy the report to {latest}: {exc.strerror or exc}", file=sys.stderr)
+        else:
+            print(f"The latest run's report is also in {latest}/")
+    return status
+
+
+def fresh_folder(parent: Path, name: str) -> Path:
+    """A new folder `parent/name-YYYYmmdd-HHMMSS[-n]`: a run never overwrites an earlier one.
+    When it cannot be created, the path is returned anyway and `unwritable` says why."""
+    stamp = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    n = 1
+    while True:
+        folder = parent / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            folder.mkdir(parents=True)
+            return folder
+        except FileExistsError:  # a run started in the same second
+            n += 1
+        except OSError:
+            return folder
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why a report cannot be written to `folder` (created if missing), or None if it can."""
+    if folder.exists() and not folder.is_dir():
+        return "it is a file, not a folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def show(path: str, html: str | None) -> int:

@@ -237,15 +237,24 @@ class Report:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Report":
-        if not isinstance(data, dict) or "findings" not in data:
-            raise ValueError("not an nndoctor report (no 'findings')")
-        findings = [Finding(**f) for f in data["findings"]]
+        """A report from its dict form; a ReportFormatError names the first malformed field."""
+        check_report(data)
+        findings = []
+        for i, f in enumerate(data["findings"]):
+            try:
+                findings.append(Finding(**f))
+            except (KeyError, ValueError) as exc:  # an unknown code or severity
+                raise ReportFormatError(f"findings[{i}]: {exc.args[0] if exc.args else exc}") from None
         return cls(findings=findings, meta=data.get("meta", {}), notes=data.get("notes", []),
                    series=data.get("series", {}))
 
     @classmethod
     def from_json(cls, text: str) -> "Report":
-        return cls.from_dict(json.loads(text))
+        try:
+            data = json.loads(text)
+        except RecursionError:
+            raise ReportFormatError(f"nested deeper than {MAX_DEPTH} levels") from None
+        return cls.from_dict(data)
 
     def save_json(self, path) -> None:
         from pathlib import Path
@@ -278,6 +287,91 @@ class Report:
     def __rich__(self):
         from .report.terminal import renderable
         return renderable(self)
+
+
+# ---- loading a report back: its shape is checked before anything reads it ------------------
+class ReportFormatError(ValueError):
+    """A report (JSON) whose shape is not a report's; the message names the bad field."""
+
+
+MAX_DEPTH = 64  # a real report nests about 8 levels (evidence -> also -> evidence -> ...)
+FINDING_FIELDS = {"code": (str,), "severity": (str,), "message": (str,), "fix": (str,), "evidence": (dict,),
+                  "where": (str, list, type(None)), "step": (int, type(None)), "cause": (str, type(None))}
+REQUIRED_FIELDS = ("code", "severity", "message", "fix")
+_KIND = {str: "a string", dict: "an object", list: "a list", int: "an integer", float: "a number",
+         bool: "true/false", type(None): "null"}
+
+
+def _expect(value, kinds: tuple, name: str) -> None:
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        wanted = " or ".join(_KIND[k] for k in kinds)
+        raise ReportFormatError(f"{name} must be {wanted}, not {_KIND.get(type(value), type(value).__name__)}")
+
+
+def _check_text_and_depth(data) -> None:
+    """Every string is valid Unicode (JSON can spell a lone surrogate, which no terminal or file
+    can write) and nothing nests deeper than MAX_DEPTH (the renderers recurse). Iterative, so a
+    deep report cannot exhaust the stack here."""
+    stack = [(data, "report", 0)]
+    while stack:
+        value, name, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ReportFormatError(f"{name} is nested deeper than {MAX_DEPTH} levels")
+        if isinstance(value, dict):
+            items = list(value.items())
+            for key, _ in items:
+                _check_unicode(str(key), f"a key in {name}")
+            stack.extend((v, f"{name}.{k}" if name != "report" else str(k), depth + 1) for k, v in items)
+        elif isinstance(value, list):
+            stack.extend((v, f"{name}[{i}]", depth + 1) for i, v in enumerate(value))
+        elif isinstance(value, str):
+            _check_unicode(value, name)
+
+
+def _check_unicode(text: str, name: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ReportFormatError(f"{name} is not valid Unicode (a lone surrogate "
+                                f"{text[exc.start]!r} at character {exc.start})") from None
+
+
+def check_report(data) -> None:
+    """Raise ReportFormatError naming the first field of `data` that a report cannot have."""
+    if not isinstance(data, dict):
+        raise ReportFormatError(f"a report is a JSON object, not {_KIND.get(type(data), type(data).__name__)}")
+    if "findings" not in data:
+        raise ReportFormatError("no 'findings' field")
+    if data.get("nndoctor_report", 1) != 1:
+        raise ReportFormatError(f"report format {data['nndoctor_report']!r} is not one this nndoctor reads (1)")
+    _check_text_and_depth(data)
+    _expect(data["findings"], (list,), "findings")
+    for i, f in enumerate(data["findings"]):
+        name = f"findings[{i}]"
+        _expect(f, (dict,), name)
+        unknown = sorted(set(f) - set(FINDING_FIELDS))
+        if unknown:
+            raise ReportFormatError(f"{name} has an unknown field {unknown[0]!r}")
+        missing = [k for k in REQUIRED_FIELDS if k not in f]
+        if missing:
+            raise ReportFormatError(f"{name} has no {missing[0]!r} field")
+        for key, kinds in FINDING_FIELDS.items():
+            if key in f:
+                _expect(f[key], kinds, f"{name}.{key}")
+        for j, place in enumerate(f["where"] if isinstance(f.get("where"), list) else []):
+            _expect(place, (str,), f"{name}.where[{j}]")
+    _expect(data.get("meta", {}), (dict,), "meta")
+    _expect(data.get("notes", []), (list,), "notes")
+    for i, note in enumerate(data.get("notes", [])):
+        _expect(note, (str,), f"notes[{i}]")
+    _expect(data.get("series", {}), (dict,), "series")
+    for key, s in data.get("series", {}).items():
+        _expect(s, (dict,), f"series.{key}")
+        for part in ("step", "value"):
+            _expect(s.get(part, []), (list,), f"series.{key}.{part}")
+        if len(s.get("step", [])) != len(s.get("value", [])):
+            raise ReportFormatError(f"series.{key} has {len(s.get('step', []))} steps but "
+                                    f"{len(s.get('value', []))} values")
 
 
 def merge_repeats(findings: list[Finding]) -> list[Finding]:
