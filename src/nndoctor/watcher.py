@@ -91,7 +91,7 @@ class Doctor:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
                  sample_every: int = 20, flush_every: int = 50, planned_steps: int | None = None,
                  judge_share: float = JUDGE_SHARE, step_hooks: bool = True,
-                 reducer=None, sinks=(), tensorboard=None):
+                 reducer=None, sinks=(), tensorboard=None, mlflow=None, wandb=None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"watch() needs a torch.nn.Module, not {type(model).__name__}")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
@@ -113,6 +113,12 @@ class Doctor:
         if tensorboard is not None:
             from .integrations.tensorboard import TensorBoardSink
             self.sinks.append(TensorBoardSink(tensorboard))
+        if mlflow:  # True: the active MLflow run, or a new one in the configured store
+            from .integrations.mlflow import MLflowSink
+            self.sinks.append(MLflowSink())
+        if wandb:   # True: the active W&B run (or wandb=run), else a new one
+            from .integrations.wandb import WandbSink
+            self.sinks.append(WandbSink(run=None if wandb is True else wandb))
         # ---------------------------------------------------------------------------------
         self.active = True
         self.failure: str | None = None
@@ -438,5 +444,6 @@ class Doctor:
 
 def watch(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, **options) -> Doctor:
     """Watch `model` (and `optimizer`) in the user's own loop; see `Doctor`.
-    `tensorboard=LOGDIR` also writes the traces and findings there at each flush."""
+    `tensorboard=LOGDIR`, `mlflow=True` and `wandb=True` (or `wandb=run`) also log the traces
+    and findings to that tracker at each flush, and the report at the end."""
     return Doctor(model, optimizer, **options)

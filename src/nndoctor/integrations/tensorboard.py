@@ -11,23 +11,9 @@ written between flushes, so TensorBoard adds no device sync to a step. Needs the
 """
 from __future__ import annotations
 
-SCALARS = ("loss", "val_loss", "grad_norm/", "update_ratio/", "dead/", "saturated/")
+from .sinks import findings_markdown, traced
+
 TAG = "nndoctor/"
-
-
-def findings_markdown(findings) -> str:
-    """The findings as a Markdown table (TensorBoard's text plugin renders Markdown)."""
-    if not any(f.is_problem for f in findings):
-        head = "**Healthy: no warning or error.**"
-    else:
-        head = f"**{sum(f.is_problem for f in findings)} problem(s).**"
-    rows = [f"| {f.severity} | `{f.code}` | {_cell(f.message)} | {_cell(f.fix)} | {f.step} |" for f in findings]
-    table = ["", "| severity | code | message | fix | step |", "|---|---|---|---|---|"] + rows if rows else []
-    return "\n".join([head] + table)
-
-
-def _cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 class TensorBoardSink:
@@ -43,10 +29,9 @@ class TensorBoardSink:
         self._shown: tuple = ()
 
     def flushed(self, doctor, rows) -> None:
-        for name, steps, values in rows:
-            if name in SCALARS or any(p.endswith("/") and name.startswith(p) for p in SCALARS):
-                for step, value in zip(steps.tolist(), values.tolist()):
-                    self.writer.add_scalar(TAG + name, value, step)
+        for name, steps, values in traced(rows):
+            for step, value in zip(steps, values):
+                self.writer.add_scalar(TAG + name, value, step)
         self._text(doctor.findings, doctor.step)
         self.writer.flush()
 
