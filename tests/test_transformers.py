@@ -26,10 +26,30 @@ class Motifs(torch.utils.data.Dataset):
         return {"input_ids": self.ids[i], "labels": self.ids[i]}
 
 
-def train(tmp_path, lr: float, accumulate: int = 1, steps: int = 80):
+class PaddedMotifs(Motifs):
+    """Motifs cut to 8..20 tokens and right-padded with the pad id (= EOS, GPT-2's habit) to 32,
+    with an attention mask; `mask_labels` sets the padding's labels to -100 as the HF
+    collators do, otherwise the labels are a copy of the input ids (the bug)."""
+
+    def __init__(self, n: int, mask_labels: bool, seed: int = 0, pad: int = 0):
+        super().__init__(n, seed)
+        g = torch.Generator().manual_seed(seed + 1)
+        self.ids = self.ids % 63 + 1  # real tokens 1..63
+        self.mask = (torch.arange(32)[None, :] < torch.randint(8, 21, (n, 1), generator=g)).long()
+        self.ids[self.mask == 0] = pad
+        self.mask_labels = mask_labels
+
+    def __getitem__(self, i):
+        labels = self.ids[i].clone()
+        if self.mask_labels:
+            labels[self.mask[i] == 0] = -100
+        return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": labels}
+
+
+def train(tmp_path, lr: float, accumulate: int = 1, steps: int = 80, data=None):
     torch.manual_seed(0)
     config = transformers.GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=2,
-                                     bos_token_id=0, eos_token_id=0)
+                                     bos_token_id=0, eos_token_id=0, pad_token_id=0)
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=16,
         gradient_accumulation_steps=accumulate, learning_rate=lr, report_to=[], use_cpu=True,
@@ -37,7 +57,7 @@ def train(tmp_path, lr: float, accumulate: int = 1, steps: int = 80):
         per_device_eval_batch_size=64)
     callback = DoctorCallback(print_report=False)
     trainer = transformers.Trainer(model=transformers.GPT2LMHeadModel(config), args=args,
-                                   train_dataset=Motifs(512), eval_dataset=Motifs(128, seed=1),
+                                   train_dataset=data or Motifs(512), eval_dataset=Motifs(128, seed=1),
                                    callbacks=[callback])
     result = trainer.train()
     return trainer, result, callback.report
@@ -58,3 +78,11 @@ def test_healthy_training_with_accumulation(tmp_path):
 def test_learning_rate_far_too_high_is_named(tmp_path):
     _, _, report = train(tmp_path, lr=0.5, steps=60)
     assert report.findings[0].code == "lr.too_high"
+
+
+@pytest.mark.parametrize("mask_labels", [False, True], ids=["labels=input_ids", "padding labels -100"])
+def test_padding_counted_in_the_loss_is_named(tmp_path, mask_labels):
+    _, _, report = train(tmp_path, lr=1e-3, steps=40, data=PaddedMotifs(256, mask_labels))
+    assert report.has("data.padding_in_loss") != mask_labels, [(f.code, f.message) for f in report.findings]
+    if not mask_labels:
+        assert report.get("data.padding_in_loss").evidence["padding_share"] > 0.3

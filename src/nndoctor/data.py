@@ -50,6 +50,14 @@ def dataset_of(data) -> Dataset | None:
     return data
 
 
+def rows_of(data) -> int | None:
+    """How many rows the data holds, or None for data without a length (an iterable)."""
+    try:
+        return len(dataset_of(data))
+    except TypeError:
+        return None
+
+
 def sample(data, max_rows: int = 4096, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Up to `max_rows` (input, target) rows stacked into two tensors, or None if the data
     does not yield (input, target) pairs of tensors. Large data is sampled at random

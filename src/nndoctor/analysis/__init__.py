@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from ..data import rows_of
 from ..findings import Report
 from ..history import History
 from ..report.terminal import progress
@@ -101,7 +102,7 @@ def examine(report: Report, model, train_data, loss_fn, optimizer=None, *, initi
     batch_size = batch_size or report.meta.get("batch_size")
     run = Run(history=History(), step=int(report.meta.get("steps_trained", report.meta.get("steps", 0)) or 0),
               model=model, optimizer=optimizer,
-              extra={**results, "batch_size": batch_size, "dataset_rows": _rows(train_data)})
+              extra={**results, "batch_size": batch_size, "dataset_rows": rows_of(train_data)})
     findings = [f for f in report.findings if f.code not in ANALYSIS_CODES]
     for code in ANALYSIS_CODES:
         found = RULES[code](run)
@@ -111,14 +112,6 @@ def examine(report: Report, model, train_data, loss_fn, optimizer=None, *, initi
     fold(findings)
     meta = dict(report.meta, analysis=results)
     return Report(findings=findings, meta=meta, notes=list(report.notes) + notes, series=dict(report.series))
-
-
-def _rows(data) -> int | None:
-    from ..data import dataset_of
-    try:
-        return len(dataset_of(data))
-    except TypeError:
-        return None
 
 
 def _add_evidence(findings, results: dict) -> None:

@@ -28,7 +28,8 @@ def squared_norm(probe: LossProbe, params: dict, x: torch.Tensor, y: torch.Tenso
     return float(sum((g.double() ** 2).sum() for g in grads if g is not None))
 
 
-def noise_scale(probe: LossProbe, params: dict | None = None, seed: int = 0, budget: float | None = None) -> dict:
+def noise_scale(probe: LossProbe, params: dict | None = None, seed: int = 0, budget: float | None = None,
+                small_batches: int = SMALL_BATCHES) -> dict:
     """B_simple at `params` (default: the current weights) and the two estimates behind it,
     from the probe's rows; {} when there are too few rows to tell two sizes apart. No
     B_simple when the estimate of |G|² is not positive: the gradient is all noise there."""
@@ -51,7 +52,7 @@ def noise_scale(probe: LossProbe, params: dict | None = None, seed: int = 0, bud
             values.append(squared_norm(probe, params, probe.x[idx], probe.y[idx]))
         return sum(values) / len(values)
 
-    small_sq = mean_squared_norm(SMALL, SMALL_BATCHES)
+    small_sq = mean_squared_norm(SMALL, small_batches)
     big_sq = mean_squared_norm(big, BIG_BATCHES)
     true_sq = (big * big_sq - SMALL * small_sq) / (big - SMALL)
     noise = (small_sq - big_sq) / (1.0 / SMALL - 1.0 / big)

@@ -55,6 +55,25 @@ class DoctorCallback(TrainerCallback):
         if isinstance(loss, torch.Tensor) and loss.numel() == 1 and module.training and torch.is_grad_enabled():
             self._losses.append(loss.detach().reshape(()).float())
             self._summed = kwargs.get("num_items_in_batch") is not None
+            if "padding_in_loss" not in self.doctor.extra:
+                self._check_padding(module, kwargs)
+
+    def _check_padding(self, model, kwargs) -> None:
+        """Once, on the first training batch: how many of the labels the loss counts (not -100)
+        are padding, by the batch's attention mask or the config's pad id (one look, like a
+        pre-flight check; judged by the data.padding_in_loss rule)."""
+        from ..preflight.graph_checks import padding_share
+        labels, mask = kwargs.get("labels"), kwargs.get("attention_mask")
+        config = getattr(model, "config", None)
+        pad, eos = getattr(config, "pad_token_id", None), getattr(config, "eos_token_id", None)
+        if not isinstance(labels, torch.Tensor) or labels.is_floating_point():
+            return
+        found = padding_share(labels, -100, attention_mask=mask if isinstance(mask, torch.Tensor) else None,
+                              pad_id=pad if isinstance(pad, int) else None, eos_id=eos if isinstance(eos, int) else None)
+        how = "the attention mask is 0 there" if isinstance(mask, torch.Tensor) and mask.shape == labels.shape \
+            else f"label = the config's pad_token_id {pad}"
+        self.doctor.extra["padding_in_loss"] = None if found is None else \
+            {"share": found[0], "counted": found[1], "ignore_index": -100, "how": how}
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self._step_before = self.doctor.step if self.doctor else 0

@@ -27,12 +27,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import check_data, sample
+from ..data import check_data, rows_of, sample
 from ..findings import Finding, Report
 from ..names import module_types, name_modules
 from . import data_checks as dc
 from . import graph_checks as gc
 from . import model_checks as mc
+from .batch_checks import check_batch_too_large
 from .case import Case
 from .losses import default_loss, loss_kind, run_loss
 from .overfit import OutOfTime, check_no_signal, check_overfit_batch
@@ -62,7 +63,8 @@ def run_checks(model, train_data, loss_fn=None, val_data=None, batch_size=None):
     val_data = check_data(val_data, "val_data") if val_data is not None else None
     start = time.perf_counter()
     with hands_off(model):
-        case = _examine(Case(model=model, data=train_data, loss_fn=loss_fn), val_data)
+        case = _examine(Case(model=model, data=train_data, loss_fn=loss_fn, batch_size=batch_size,
+                             rows=rows_of(train_data)), val_data)
     meta = {"checkup": {"seconds": round(time.perf_counter() - start, 3), "model": type(model).__name__,
                         "loss": case.kind, "rows_examined": 0 if case.X is None else len(case.X),
                         "layers_traced": 0 if case.trace is None else len(case.trace.layers),
@@ -134,6 +136,7 @@ def _examine(c: Case, val_data) -> Case:
     if c.loss0 is None or not math.isfinite(c.loss0):
         c.notes.append("The loss could not be computed on the first batch: the overfit and no-signal tests were skipped.")
         return c
+    _add(c, check_batch_too_large, c)
     learned = _add(c, check_overfit_batch, c)
     if learned:
         _add(c, check_no_signal, c)

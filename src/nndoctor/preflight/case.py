@@ -27,7 +27,9 @@ class Case:
     yb: torch.Tensor | None = None
     loss0: float | None = None            # loss at init on that batch
     loss_error: Exception | None = None   # what the loss raised on it
-    graphs: tuple | None = None           # the loss's autograd graph on that batch and on its half (graph_checks)
+    batch_size: int | None = None         # the batch the run trains with, when told
+    rows: int | None = None               # rows in the training data, when it has a length
+    graphs: list | None = None           # the loss's autograd graph on that batch and on its half (graph_checks)
     findings: list[Finding] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)   # numbers of the learning probes, for the report
