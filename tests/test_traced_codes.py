@@ -92,3 +92,4 @@ def test_batch_too_large_is_judged_without_deep(batch, too_large):
     if too_large:
         assert finding.severity == "info" and finding.evidence["batch_size"] >= 10 * finding.evidence["b_simple"]
     assert "noise_scale" in report.meta["checkup"]
+

@@ -11,7 +11,10 @@ deterministic, and on one thread: its probes are tiny).
 Cost, independent of the data's size: a random sample of at most 2048 rows (fewer for large
 rows: at most 4M values, at least 64 rows; a Dataset is indexed that many times, an iterable
 one read batch by batch) for the data checks (the NaN/Inf count of (X, y) tensors covers all
-rows), one traced forward pass on 64 rows, at most 200 Adam steps on 16 rows (overfit test) and
+rows), one traced forward pass on 64 rows, the loss's autograd graph on 64 and 32 rows (two more
+forward passes; one backward when a zero-derivative op is in it), the gradient noise scale when
+the batch size is 20 or more (16 backward passes on 8 rows and 4 on 128, within 0.5 s), at most
+200 Adam steps on 16 rows (overfit test) and
 2 x 40 full-batch steps on 256 rows plus two held-out passes (no-signal test); each fit stops
 at a 5 s budget (no verdict then, a note says so). Measured on 2 busy cores: 0.1-0.45 s for an
 MLP on the digits data, about 1 s for a small CNN, GRU or transformer on it.

@@ -17,6 +17,8 @@ FLUCTUATION_GAIN = 0.03   # the late validation loss sits 3% of the problem's lo
 #                           late (the constant-rate SGD zoo runs: 5-50%; the healthy runs whose late trend is as
 #                           flat: at most 1.2%; the healthy runs still learning reach 4-40% but descend faster)
 TREND_OVER_SWING = 1.25   # ...and descends by less than 1.25x that gap (the healthy runs still learning: 1.6-6x)
+RISE_DOWNS = 0.2          # ...and swings both ways: its falls add up to a fifth of its rises or more (a steady rise is
+#                           fit.overfitting's: 0.05 in the zoo; the swinging runs: 0.3 and more)
 
 
 @rule("loss.nonfinite")
@@ -116,13 +118,16 @@ def _validation_fluctuation(run: Run, val: np.ndarray) -> Finding | None:
     gap = level - best
     pairs = [(late[j] - late[i]) / (j - i) for i in range(len(late)) for j in range(i + 1, len(late))]
     drift = float(np.median(pairs)) * (len(late) - 1)
+    moves = np.diff(late)
+    rises, falls = float(moves[moves > 0].sum()), float(-moves[moves < 0].sum())
     scale = run.scale or 0
-    if scale > 0 and gap >= FLUCTUATION_GAIN * scale and drift > -TREND_OVER_SWING * gap:
+    if scale > 0 and gap >= FLUCTUATION_GAIN * scale and drift > -TREND_OVER_SWING * gap and falls >= RISE_DOWNS * rises:
         return Finding.make("loss.fluctuation",
                             f"Late in training the validation loss sits at {level:.3g}, {gap:.3g} above the {best:.3g} "
                             f"it already reached, with no downward trend to close the gap, at a constant learning rate.",
                             evidence={"late_val_level": level, "late_val_best": best, "gap_to_scale": gap / scale,
-                                      "late_drift": drift, "validations": len(late)})
+                                      "late_drift": drift, "late_rises": rises, "late_falls": falls,
+                                      "validations": len(late)})
     return None
 
 
