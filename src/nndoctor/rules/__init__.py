@@ -42,7 +42,7 @@ CAUSES = {
                          "init.symmetric", "grad.zero", "grad.none", "lr.too_high", "lr.too_low",
                          "grad.vanishing", "units.dead", "units.saturated", "layers.slow_bottom",
                          "reg.too_strong", "arch.bottleneck", "loss.plateau", "output.collapsed"),
-    "loss.fluctuation": ("data.unshuffled",),
+    "loss.fluctuation": ("data.unshuffled", "lr.too_high", "loop.missing_zero_grad", "units.dead", "grad.vanishing"),
     "grad.clipped_always": ("lr.too_high",),
     "lr.too_low": ("data.target_scale",),
     "lr.too_high": ("data.not_normalized", "data.target_scale", "init.scale_mismatch"),
