@@ -203,3 +203,53 @@ def test_demo_says_partly_when_only_some_expected_codes_came():
     assert agreement(expected, ["output.collapsed", "loss.shape_mismatch"]) == "partly"  # root not first
     assert agreement(expected, ["lr.too_high"]) == "no"
     assert agreement((), []) == "yes" and agreement((), ["lr.too_high"]) == "no"
+
+
+# ---- compare: a healthy run and its twin with the learning rate 400x higher -----------------
+def saved_run(tmp_path, name: str, lr: float, seed: int = 0) -> str:
+    torch.manual_seed(seed)
+    X = torch.randn(512, 10)
+    y = (X[:, :3].sum(1) > 0).long()
+    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    with nndoctor.watch(model, opt) as doctor:
+        for _ in range(150):
+            idx = torch.randint(0, 512, (64,))
+            loss = nn.functional.cross_entropy(model(X[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            doctor.log(loss=loss)
+    path = tmp_path / name
+    doctor.report().save_json(path)
+    return str(path)
+
+
+def test_compare_names_what_changed_between_two_real_runs(tmp_path, capsys):
+    from nndoctor.compare import compare
+    good, bad = saved_run(tmp_path, "last_week.json", 0.1), saved_run(tmp_path, "today.json", 40.0)
+    a, b = (Report.from_json(open(p).read()) for p in (good, bad))
+    c = compare(a, b)
+    assert [f.code for f in c.gained][0] == "lr.too_high" and c.lost == []
+    assert c.parted_at is not None and c.parted_at < 20  # the batches are the same (same seed): they part at once
+    assert ("lr", [0.1], [40.0]) in c.setup and not any(k.startswith("versions") for k, _, _ in c.setup)
+    assert compare(a, a).gained == [] and compare(a, a).parted_at is None and compare(a, a).setup == []
+    reseeded = compare(a, Report.from_json(open(saved_run(tmp_path, "seed1.json", 0.1, seed=1)).read()))
+    assert reseeded.parted_at is None and reseeded.gained == []  # another seed's jitter is not a parting
+    assert main(["compare", good, bad, "--html", str(tmp_path / "cmp.html")]) == 0
+    out = capsys.readouterr().out
+    assert "lr.too_high" in out and f"at step {c.parted_at}" in out and "[0.1] -> [40.0]" in out
+    page = (tmp_path / "cmp.html").read_text()
+    assert "lr.too_high" in page and "gained in today.json" in page
+    assert main(["compare", bad, good]) == 0 and "lost since today.json" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("second", ["/no/such.json", "bad"])
+def test_compare_bad_input_is_one_line(tmp_path, capsys, second):
+    (tmp_path / "bad").write_text('{"findings": 3}')
+    first = tmp_path / "ok.json"
+    first.write_text(json.dumps(saved_report()))
+    second = str(tmp_path / "bad") if second == "bad" else second
+    assert main(["compare", str(first), second]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and "nndoctor: error" in err

@@ -62,6 +62,13 @@ def build_parser() -> Parser:
                           description="Prints a report saved as JSON; with --html, writes the HTML page too.")
     show.add_argument("report", help="path to a report .json file")
     show.add_argument("--html", metavar="PATH", help="also write the self-contained HTML page to PATH")
+    comparing = sub.add_parser("compare", help="what differs between two saved runs (A.json B.json)",
+                               description="For 'it trained last week, why not now': the findings gained and lost "
+                                           "from A to B, the first step where their losses part beyond noise, and "
+                                           "the setup differences recorded in both reports.")
+    comparing.add_argument("a", metavar="A.json", help="the earlier (or good) run's report")
+    comparing.add_argument("b", metavar="B.json", help="the later (or bad) run's report")
+    comparing.add_argument("--html", metavar="PATH", help="also write the comparison as an HTML page to PATH")
     return parser
 
 
@@ -74,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "show":
             return show(args.report, args.html)
+        if args.command == "compare":
+            return compare(args.a, args.b, args.html)
         if args.command == "watch":
             return watch(args.script, args.args, args.out)
         from .demo import run_demo, run_repair_demo
@@ -177,6 +186,27 @@ def show(path: str, html: str | None) -> int:
             print(f"nndoctor: error: cannot write {html}: {exc.strerror}", file=sys.stderr)
             return EXIT_INPUT
         print(f"HTML report written to {html}")
+    return 0
+
+
+def compare(path_a: str, path_b: str, html: str | None) -> int:
+    from .compare import compare as compare_reports, render_html, renderable
+    try:
+        a, b = load_report(path_a), load_report(path_b)
+    except UsageError as exc:
+        print(f"nndoctor: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    result = compare_reports(a, b)
+    name_a, name_b = Path(path_a).name, Path(path_b).name
+    from rich.console import Console
+    Console().print(renderable(result, name_a, name_b))
+    if html:
+        try:
+            Path(html).write_text(render_html(result, name_a, name_b), encoding="utf-8")
+        except OSError as exc:
+            print(f"nndoctor: error: cannot write {html}: {exc.strerror}", file=sys.stderr)
+            return EXIT_INPUT
+        print(f"HTML comparison written to {html}")
     return 0
 
 
