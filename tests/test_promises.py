@@ -170,3 +170,147 @@ def test_report_survives_a_failing_verdict_and_a_failing_sink(monkeypatch):
     assert any("a rule's bug" in n for n in report.notes)
     assert any("disk full" in n for n in report.notes)
     report.to_json()
+
+
+# ---- 5. probes run without the user's hooks and leave every buffer as it was ---------------
+class SpectralRNN(nn.Module):
+    """A recurrent net whose W_hh carries spectral norm: each training-mode forward advances
+    its power-iteration buffers, so one extra forward changes every later step."""
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.utils.spectral_norm(nn.RNN(4, 16, batch_first=True), name="weight_hh_l0")
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0][:, -1])
+
+
+def sequences():
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(64, 6, 4, generator=g)
+    return X, (X[:, 0, 0] > 0).long()
+
+
+def train_rnn(watch: bool):
+    torch.manual_seed(0)
+    model, calls = SpectralRNN(), []
+    model.rnn.register_forward_hook(lambda module, inputs, output: calls.append(1))
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    X, y = sequences()
+    doctor = nndoctor.watch(model, opt, sample_every=1, flush_every=2) if watch else None
+    if doctor is not None:
+        doctor.attach()
+    for _ in range(12):
+        loss = nn.functional.cross_entropy(model(X), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if doctor is not None:
+            doctor.log(loss=loss)
+    if doctor is not None:
+        doctor.detach()
+        assert "through_time/rnn" in doctor.history.series  # the probe did run
+    return model, len(calls)
+
+
+def test_through_time_probe_neither_calls_user_hooks_nor_advances_spectral_norm():
+    plain, plain_calls = train_rnn(watch=False)
+    watched, watched_calls = train_rnn(watch=True)
+    assert watched_calls == plain_calls
+    assert same(plain, watched)  # weight_orig, weight_u (the power iteration) and the head
+
+
+def counted_hooks(model, opt):
+    calls = []
+    model.register_forward_hook(lambda module, inputs, output: calls.append("forward"))
+    model[0].register_forward_pre_hook(lambda module, inputs: calls.append("pre"))
+    opt.register_step_post_hook(lambda optimizer, args, kwargs: calls.append("step"))
+    return calls
+
+
+def test_find_lr_and_checkup_do_not_run_the_users_hooks():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), 0.1)
+    calls = counted_hooks(model, opt)
+    nndoctor.find_lr(model, make_data(), loss_fn=nn.CrossEntropyLoss(), optimizer=opt, batch_size=32, steps=30)
+    nndoctor.checkup(model, make_data(), loss_fn=nn.CrossEntropyLoss())
+    assert calls == []
+    model(make_data()[0][:4])
+    opt.step()
+    assert sorted(calls) == ["forward", "pre", "step"]  # the user's hooks are still in place
+
+
+# ---- 6. find_lr and diagnose put everything back ------------------------------------------
+class RunningCenter(nn.Module):
+    """Centers its input by a running mean kept in a non-persistent buffer (not in state_dict)."""
+    def __init__(self, width):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(width), persistent=False)
+
+    def forward(self, x):
+        if self.training:
+            with torch.no_grad():
+                self.mean.mul_(0.9).add_(0.1 * x.mean(0))
+        return x - self.mean
+
+
+def centered_mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(RunningCenter(8), nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
+
+
+def train_zeroing_after_step(model, opt, steps=16):
+    """A loop that zeroes the gradients after the step: whatever `.grad` holds when it starts
+    goes into its first update."""
+    X, y = make_data()
+    for i in range(steps):
+        j = (i * 32) % 256
+        nn.functional.cross_entropy(model(X[j:j + 32]), y[j:j + 32]).backward()
+        opt.step()
+        opt.zero_grad()
+
+
+def test_find_lr_leaves_grads_and_non_persistent_buffers_as_they_were():
+    plain = centered_mlp()
+    plain_opt = torch.optim.SGD(plain.parameters(), 0.05, momentum=0.9)
+    train_zeroing_after_step(plain, plain_opt, steps=3)
+    probed = centered_mlp()
+    probed_opt = torch.optim.SGD(probed.parameters(), 0.05, momentum=0.9)
+    train_zeroing_after_step(probed, probed_opt, steps=3)
+    nn.functional.cross_entropy(plain(make_data()[0][:32]), make_data()[1][:32]).backward()
+    nn.functional.cross_entropy(probed(make_data()[0][:32]), make_data()[1][:32]).backward()  # .grad is filled
+    nndoctor.find_lr(probed, make_data(), loss_fn=nn.CrossEntropyLoss(), optimizer=probed_opt, batch_size=32, steps=30)
+    assert torch.equal(plain[0].mean, probed[0].mean)
+    assert all(torch.equal(p.grad, q.grad) for p, q in zip(plain.parameters(), probed.parameters()))
+    train_zeroing_after_step(plain, plain_opt)
+    train_zeroing_after_step(probed, probed_opt)
+    assert same(plain, probed) and torch.equal(plain[0].mean, probed[0].mean)
+
+
+def bn_dropout_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 3))
+
+
+def test_diagnose_keeps_a_submodule_frozen_in_eval_mode_frozen():
+    model = bn_dropout_net()
+    model[1].eval()  # the user froze the normalization (a fine-tuning recipe)
+    frozen_stats = model[1].running_mean.clone()
+    modes = [m.training for m in model.modules()]
+    nndoctor.diagnose(model, make_data(), loss_fn=nn.CrossEntropyLoss(),
+                      optimizer=torch.optim.SGD(model.parameters(), 0.05), steps=30, batch_size=32)
+    assert [m.training for m in model.modules()] == modes
+    assert torch.equal(model[1].running_mean, frozen_stats)  # it stayed frozen while training, too
+
+
+def test_dropout_probe_leaves_batchnorm_statistics_and_modes_alone():
+    from nndoctor.data import as_loader
+    from nndoctor.diagnosis import dropout_probe
+    model = bn_dropout_net()
+    calls = counted_hooks(model, torch.optim.SGD(model.parameters(), 0.1))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    gap = dropout_probe(model, as_loader(make_data(), 32, shuffle=False), nn.CrossEntropyLoss())
+    assert gap["dropout_gap"]["train_mode"] > 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.training and all(m.training for m in model.modules())
+    assert calls == []

@@ -18,6 +18,7 @@ from .findings import Finding, Report
 from .preflight import run_checks
 from .report.terminal import progress
 from .rules import attribute_depth, fold, withdraw_contradicted
+from .sandbox import foreign_hooks_silenced, modes_kept, state_kept
 from .watcher import Doctor
 
 DEFAULT_EPOCHS = 5
@@ -44,14 +45,12 @@ def diagnose(model, train_data, loss_fn=None, optimizer=None, val_data=None, ste
     doctor = Doctor(model, optimizer, sample_every=max(1, min(10, steps // 100)), flush_every=20,
                     planned_steps=steps, judge_share=JUDGE_SHARE)
     doctor.targets = targets
-    was_training = model.training
     initial = initial_weights(model) if deep else None
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=devices), modes_kept(model):
         torch.manual_seed(seed)
         with doctor, progress(f"diagnose: training {type(model).__name__}", total=steps) as advance:
             trained, failure = _train(model, loader, loss_fn, optimizer, doctor, steps, val_loader, advance)
         doctor.extra.update(dropout_probe(model, loader, loss_fn))
-    model.train(was_training)
     report = doctor.report()
     pre_findings = reconcile(pre_findings, report, targets, notes)
     findings = attribute_depth(withdraw_contradicted(pre_findings + report.findings, notes), notes)
@@ -130,7 +129,8 @@ def _train(model, loader, loss_fn, optimizer, doctor: Doctor, steps: int, val_lo
     (steps trained, a Finding if the setup crashed)."""
     device = next(model.parameters()).device
     val_every = max(1, steps // VALIDATIONS)
-    model.train()
+    if not model.training:  # handed over in eval mode; a submodule the user froze in eval stays so
+        model.train()
     step, batches = 0, iter(loader)
     while step < steps:
         try:
@@ -161,18 +161,15 @@ def _train(model, loader, loss_fn, optimizer, doctor: Doctor, steps: int, val_lo
 @torch.no_grad()
 def evaluate(model, loader, loss_fn, device, max_batches: int = 8) -> float:
     """Mean loss over up to `max_batches` validation batches, in eval mode."""
-    was_training = model.training
-    model.eval()
     total, count = 0.0, 0
-    try:
+    with modes_kept(model):
+        model.eval()
         for i, batch in enumerate(loader):
             if i >= max_batches:
                 break
             x, y = _split(batch, device)
             total += float(loss_fn(model(x), y))
             count += 1
-    finally:
-        model.train(was_training)
     return total / count if count else float("nan")
 
 
@@ -221,23 +218,26 @@ def describe_targets(train_data, loss_fn) -> dict | None:
 
 
 def dropout_probe(model, loader, loss_fn) -> dict:
-    """Loss on one batch with dropout on vs off (RNG forked, no gradient): for reg.too_strong."""
-    dropouts = [(n, m.p) for n, m in model.named_modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
+    """Loss on one batch with dropout on vs off: for reg.too_strong. Only the dropout modules
+    switch; everything else runs in eval mode (BatchNorm on its running statistics, which
+    stay as they are), with no gradient, the RNG forked and the user's hooks silenced."""
+    dropouts = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
     if not dropouts:
         return {}
     device = next(model.parameters()).device
     try:
         x, y = _split(next(iter(loader)), device)
-        was_training = model.training
-        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            model.train()
+        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+                foreign_hooks_silenced(model), state_kept(model):
+            model.eval()
+            for _, m in dropouts:
+                m.train()
             on = sum(float(loss_fn(model(x), y)) for _ in range(3)) / 3
             model.eval()
             off = float(loss_fn(model(x), y))
-        model.train(was_training)
     except Exception:
         return {}
     if not (math.isfinite(on) and math.isfinite(off)):
         return {}
-    return {"dropout_gap": {"train_mode": on, "eval_mode": off, "p": max(p for _, p in dropouts),
+    return {"dropout_gap": {"train_mode": on, "eval_mode": off, "p": max(m.p for _, m in dropouts),
                             "modules": [n for n, _ in dropouts]}}

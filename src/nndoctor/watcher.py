@@ -417,23 +417,20 @@ class Doctor:
 
     def _probe_rnns(self) -> None:
         """Record, for each recurrent module, the first time step's influence on the last
-        output relative to the last step's own (see collect/recurrent.py)."""
-        was_active, self.active = self.active, False  # the probe's own forward pass must not be recorded
+        output relative to the last step's own (see collect/recurrent.py; our own hooks are
+        silenced with the user's during the probe, so its forward pass is not recorded)."""
         modules = {n: m for m, n in self.module_names.items()}
-        try:
-            for name, x in self.activations.rnn_inputs.items():
-                try:
-                    profile = sensitivity_through_time(modules[name], x)
-                except Exception as exc:  # an exotic RNN: skip it and say so
-                    note = f"through-time gradient probe skipped for {name}: {type(exc).__name__}"
-                    if note not in self.notes:
-                        self.notes.append(note)
-                    continue
-                if profile and profile[-1] > 0:
-                    self.history["through_time/" + name].add(self.step, profile[0] / profile[-1])
-                    self.history["through_time_length/" + name].add(self.step, len(profile))
-        finally:
-            self.active = was_active
+        for name, x in self.activations.rnn_inputs.items():
+            try:
+                profile = sensitivity_through_time(modules[name], x)
+            except Exception as exc:  # an exotic RNN: skip it and say so
+                note = f"through-time gradient probe skipped for {name}: {type(exc).__name__}"
+                if note not in self.notes:
+                    self.notes.append(note)
+                continue
+            if profile and profile[-1] > 0:
+                self.history["through_time/" + name].add(self.step, profile[0] / profile[-1])
+                self.history["through_time_length/" + name].add(self.step, len(profile))
 
     def _series(self) -> dict:
         keep = ("loss", "val_loss", "lr", "grad_norm/", "update_ratio/", "dead/", "saturated/", "output/")

@@ -4,13 +4,15 @@ A fused RNN does not expose the gradient at each time step, so it is measured by
 on the last sampled input of each RNN/GRU/LSTM, the sensitivity of the final output to the
 input at each time step, ||d y_T / d x_t||, via `torch.autograd.grad` (nothing is
 accumulated into `.grad`) with the RNG forked (dropout inside the RNN does not shift the
-user's random stream). It runs once, when the report is made.
+user's random stream), the user's hooks silenced and the module's buffers put back (a
+spectral norm's power iteration must not advance): training goes on as if it never ran.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from ..sandbox import foreign_hooks_silenced, state_kept
 from .activations import first_tensor
 
 
@@ -20,7 +22,8 @@ def sensitivity_through_time(module: nn.Module, x: torch.Tensor) -> list[float] 
     if x.dim() != 3 or x.shape[time_dim] < 2:
         return None
     devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.enable_grad():
+    with torch.random.fork_rng(devices=devices), torch.enable_grad(), \
+            foreign_hooks_silenced(module), state_kept(module):
         x = x.detach().clone().requires_grad_(True)
         out = first_tensor(module(x))
         last = out.select(time_dim, out.shape[time_dim] - 1)

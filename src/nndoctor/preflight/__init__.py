@@ -33,6 +33,7 @@ from torch import nn
 from ..data import check_data, rows_of, sample
 from ..findings import Finding, Report
 from ..names import module_types, name_modules
+from ..sandbox import foreign_hooks_silenced, modes_kept
 from . import data_checks as dc
 from . import graph_checks as gc
 from . import model_checks as mc
@@ -79,20 +80,18 @@ def run_checks(model, train_data, loss_fn=None, val_data=None, batch_size=None):
 
 @contextmanager
 def hands_off(model: nn.Module):
-    """Leave the model's modes, the grad mode, the thread count and every global RNG exactly as found."""
-    modes = [(m, m.training) for m in model.modules()]
+    """Leave the model's modes, the grad mode, the thread count and every global RNG exactly as
+    found; global module and optimizer hooks (a logger's, nndoctor's own) do not see the probes."""
     grad, threads = torch.is_grad_enabled(), torch.get_num_threads()
     np_state, py_state = np.random.get_state(), random.getstate()
     # the probes are tiny: one thread is fastest, and immune to oversubscription (two threads
     # on a busy two-core machine ran the digits checkup 100x slower)
     torch.set_num_threads(1)
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), modes_kept(model), foreign_hooks_silenced():
             torch.manual_seed(0)  # the checkup is deterministic whatever the caller's RNG position
             yield
     finally:
-        for m, training in modes:
-            m.training = training
         torch.set_grad_enabled(grad)
         torch.set_num_threads(threads)
         np.random.set_state(np_state)

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ..sandbox import drop_foreign_hooks
+
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # feed-forward layers whose init we judge
 NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
 KNOWN_PARAMETRIC = WEIGHT_LAYERS + NORMS + (nn.RNNBase, nn.Embedding, nn.MultiheadAttention, nn.PReLU)
@@ -98,9 +100,10 @@ class Trace:
 
 
 def probe_copy(model: nn.Module) -> nn.Module:
-    """A deep copy in training mode with dropout off: the user's model is never run, and probes
-    measure the model as it trains, without dropout noise."""
-    copy = deepcopy(model)
+    """A deep copy in training mode with dropout off and without the user's hooks: the user's
+    model is never run, their hooks never called, and probes measure the model as it trains,
+    without dropout noise."""
+    copy = drop_foreign_hooks(deepcopy(model))
     copy.train()
     for m in copy.modules():
         if isinstance(m, nn.modules.dropout._DropoutNd):

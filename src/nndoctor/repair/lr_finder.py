@@ -3,8 +3,9 @@
 The rate grows exponentially from `start_lr` to `end_lr`, one step per batch; the loss is
 smoothed with a debiased exponential average and the sweep stops once the smoothed loss
 passes 4x its best (divergence, as in fastai and Lightning). Non-finite points are dropped.
-The model, the optimizer, the modules' modes and every global RNG (torch, numpy, python)
-are put back exactly as they were.
+The model (parameters, every buffer, `.grad`), the optimizer, the modules' modes and every
+global RNG (torch, numpy, python) are put back exactly as they were, and the hooks of the
+user's model and optimizer do not run during the sweep (nndoctor/sandbox.py).
 
 Three suggestion rules are computed on every curve; `RULE` is the one we recommend, chosen
 on the zoo's healthy bases (docs/repair.md, benchmarks/lr_rules.py):
@@ -29,6 +30,7 @@ import torch
 
 from ..data import as_loader
 from ..report.terminal import progress
+from ..sandbox import foreign_hooks_silenced, state_kept
 
 RULES = ("steepest", "valley", "min/10")
 RULE = "min/10"      # see docs/repair.md for the comparison behind this choice
@@ -107,7 +109,8 @@ def _sweep(model, loader, loss_fn, optimizer, start_lr, end_lr, steps, seed):
     device = next(model.parameters()).device
     lrs, losses = [], []
     with restored(model, optimizer, seed), progress("find_lr: LR range test", total=steps) as advance:
-        model.train()
+        if not model.training:  # a model handed over in eval mode; a submodule frozen in eval stays so
+            model.train()
         average, best, batches = 0.0, math.inf, _endless(loader)
         for i in range(steps):
             lr = start_lr * ratio ** i
@@ -148,21 +151,20 @@ def _endless(loader):
 
 @contextmanager
 def restored(model, optimizer, seed: int):
-    """Run with seeded RNGs, then put back the model, the optimizer and every global RNG."""
+    """Run with seeded RNGs and the user's hooks silenced, then put back the model (with every
+    buffer and gradient), the optimizer and every global RNG."""
     params = copy.deepcopy(model.state_dict())
     state = copy.deepcopy(optimizer.state_dict())
-    modes = [(m, m.training) for m in model.modules()]
     np_state, py_state = np.random.get_state(), random.getstate()
     devices = [d.index or 0 for d in {p.device for p in model.parameters()} if d.type == "cuda"]
     try:
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), state_kept(model, grads=True), \
+                foreign_hooks_silenced(model, optimizer):
             torch.manual_seed(seed)
             yield
     finally:
         model.load_state_dict(params)
         optimizer.load_state_dict(state)
-        for m, training in modes:
-            m.training = training
         np.random.set_state(np_state)
         random.setstate(py_state)
 
