@@ -314,3 +314,75 @@ def test_dropout_probe_leaves_batchnorm_statistics_and_modes_alone():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert model.training and all(m.training for m in model.modules())
     assert calls == []
+
+
+# ---- 9, 10. lr.too_high is true, and quotes the rate that did the damage --------------------
+class LoRALinear(nn.Module):
+    """A frozen base layer plus a low-rank update whose B starts at zero (Hu et al. 2021)."""
+    def __init__(self, fan_in, fan_out, rank=4):
+        super().__init__()
+        self.base = nn.Linear(fan_in, fan_out).requires_grad_(False)
+        self.lora_A = nn.Parameter(torch.randn(rank, fan_in) / fan_in ** 0.5)
+        self.lora_B = nn.Parameter(torch.zeros(fan_out, rank))
+
+    def forward(self, x):
+        return self.base(x) + x @ self.lora_A.t() @ self.lora_B.t()
+
+
+class PositionalBag(nn.Module):
+    """Token embeddings plus a learned position embedding initialised at zero (as in ViT/BERT code)."""
+    def __init__(self, vocab=16, length=6, width=32):
+        super().__init__()
+        self.tokens = nn.Embedding(vocab, width)
+        self.position = nn.Parameter(torch.zeros(1, length, width))
+        self.head = nn.Sequential(nn.Linear(width, 32), nn.ReLU(), nn.Linear(32, 2))
+
+    def forward(self, x):
+        return self.head((self.tokens(x) + self.position).mean(1))
+
+
+def lr_findings(model, data, lr, steps=160, schedule=False):
+    X, y = data
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / steps) if schedule else None
+    with nndoctor.watch(model, opt) as doctor:
+        for s in range(steps):
+            i = (s * 32) % len(X)
+            loss = nn.functional.cross_entropy(model(X[i:i + 32]), y[i:i + 32])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            doctor.log(loss=loss)
+    return doctor.report()
+
+
+def token_data():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randint(0, 16, (512, 6), generator=g)
+    return X, (X[:, 0] < 8).long()
+
+
+def test_zero_initialised_weights_are_no_evidence_of_a_high_rate():
+    torch.manual_seed(0)
+    lora = lr_findings(nn.Sequential(LoRALinear(8, 32), nn.ReLU(), LoRALinear(32, 3)), make_data(512), 1e-2)
+    torch.manual_seed(0)
+    positions = lr_findings(PositionalBag(), token_data(), 1e-2)
+    assert not lora.has("lr.too_high") and lora.healthy, lora
+    assert not positions.has("lr.too_high") and positions.healthy, positions
+
+
+def test_lr_too_high_still_fires_on_a_lora_model_whose_rate_is_too_high():
+    torch.manual_seed(0)
+    report = lr_findings(nn.Sequential(LoRALinear(8, 32), nn.ReLU(), LoRALinear(32, 3)), make_data(512), 2.0)
+    assert report.has("lr.too_high"), report
+
+
+def test_lr_too_high_quotes_the_rate_in_force_when_it_showed_not_the_decayed_one():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 3))
+    report = lr_findings(model, make_data(512), 0.1, schedule=True)  # linear decay to 0, as HF's default
+    found = report.get("lr.too_high")
+    assert found is not None and found.step == 0
+    assert found.evidence["lr"] == 0.1 and "learning rate 0.1 is" in found.message

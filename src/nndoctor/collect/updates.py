@@ -7,6 +7,12 @@ traffic; instead each large parameter is read at a fixed random set of `COORDINA
 positions (drawn once, with a private generator). The ratio of norms over a random subset
 estimates the full ratio closely for any layer of more than a few thousand weights, at a
 cost independent of model size. The weight norm itself is measured in full.
+
+A ratio against a zero or tiny norm says nothing about the step: a weight initialised at
+zero by design (LoRA's `lora_B`, a zero position embedding, ReZero's gate) grows from
+nothing, so its first updates are "infinitely" larger than it. Where the weights read are
+below `TINY_SCALE` of a default initialisation's size for their fan-in, the ratio is
+recorded as NaN (no evidence; the rules skip non-finite ratios).
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from .buffer import StepBuffer
 from .gradients import norms
 
 COORDINATES = 4096
+TINY_SCALE = 0.01  # 1% of PyTorch's default init RMS, 1/sqrt(3 fan_in): no standard init starts 100x smaller
 
 
 class UpdateCollector:
@@ -23,15 +30,20 @@ class UpdateCollector:
         self.params = params
         generator = torch.Generator().manual_seed(0)
         self.positions: list[torch.Tensor | None] = []
+        self.floors: list[float] = []  # the norm of the weights read below which a ratio is no evidence
         for _, p in params:
             if p.numel() > 2 * COORDINATES:
                 idx = torch.randperm(p.numel(), generator=generator)[:COORDINATES].to(p.device)
                 self.positions.append(idx)
             else:
                 self.positions.append(None)
+            read = p.numel() if self.positions[-1] is None else COORDINATES
+            fan_in = p[0].numel() if p.dim() >= 2 else max(p.numel(), 1)
+            self.floors.append(TINY_SCALE * (read / (3 * fan_in)) ** 0.5)
         self.ratios = StepBuffer()
         self.weight_norms = StepBuffer()
         self._before: tuple[int, tuple, list[torch.Tensor]] | None = None
+        self._floor_cache: dict[tuple, torch.Tensor] = {}
 
     def _read(self, i: int) -> torch.Tensor:
         flat = self.params[i][1].detach().reshape(-1)
@@ -50,4 +62,9 @@ class UpdateCollector:
         step, idx, before = self._before
         self._before = None
         delta = norms([self._read(i) - b for i, b in zip(idx, before)])
-        self.ratios.append(step, idx, delta / norms(before).clamp_min(1e-12))
+        size = norms(before)
+        floor = self._floor_cache.get((idx, size.device))
+        if floor is None:  # made once per set of parameters with a gradient (one copy to the device)
+            floor = self._floor_cache[idx, size.device] = torch.tensor([self.floors[i] for i in idx], device=size.device)
+        ratio = torch.where(size > floor, delta / size.clamp_min(1e-12), torch.full_like(size, float("nan")))
+        self.ratios.append(step, idx, ratio)

@@ -97,9 +97,20 @@ def divergence(run: Run) -> tuple[int, str, dict] | None:
     return None
 
 
+def first_step_over(run: Run, name: str, level: float) -> int | None:
+    """The first recorded step at which series `name` reached `level`: when the fault showed."""
+    s = run.series(name)
+    if s is None:
+        return None
+    steps, values = s.trace()
+    over = np.flatnonzero(np.nan_to_num(values, nan=-np.inf) >= level)
+    return int(steps[over[0]]) if len(over) else None
+
+
 @rule("lr.too_high")
 def lr_too_high(run: Run) -> Finding | None:
-    lr = _lr(run)
+    """Each message quotes the rate in force when its evidence showed: under a decaying
+    schedule the latest rate is a small fraction of the one that did the damage."""
     found = divergence(run)
     if found:
         step, how, evidence = found
@@ -115,6 +126,7 @@ def lr_too_high(run: Run) -> Finding | None:
         first = hidden
     if first and len(values) >= 10 and ((hidden and hidden[0] > WIPED_OUT)
                                         or first[0] > FIRST_STEP_UPDATE and run.loss_is_poor(values)):
+        lr = _lr(run, run.series("update_ratio/" + first[1]).first_step)
         return Finding.make("lr.too_high",
                             f"The first steps changed the weights of `{first[1]}` by {_of_norm(first[0])} "
                             f"(healthy is about 1e-3): the learning rate {lr} is too high.",
@@ -123,6 +135,7 @@ def lr_too_high(run: Run) -> Finding | None:
     killed = units_killed(run)
     if killed and len(values) >= 10 and run.loss_is_poor(values):
         module, first, last = killed
+        lr = _lr(run, first_step_over(run, "dead/" + module, WHOLE_LAYER))
         return Finding.make("lr.too_high",
                             f"The ReLUs after `{module}` were alive at the start ({first:.0%} dead) and died during "
                             f"training ({last:.0%} dead): steps too large pushed them below zero for every input; "
@@ -132,6 +145,7 @@ def lr_too_high(run: Run) -> Finding | None:
     shrink = list(run.weight_norm_ratios().values())
     decaying = bool(shrink) and np.median(shrink) < 0.5  # steps dominated by weight decay: reg.too_strong's case
     if ratio and ratio[0] > HUGE_UPDATE and len(values) >= 10 and run.loss_is_poor(values) and not decaying:
+        lr = _lr(run, first_step_over(run, "update_ratio/" + ratio[1], HUGE_UPDATE))
         return Finding.make("lr.too_high",
                             f"Each step changes the weights of {ratio[1]} by {_of_norm(ratio[0])} "
                             f"(healthy is about 1e-3) and the loss does not improve: the learning rate {lr} is too high.",
