@@ -386,3 +386,119 @@ def test_lr_too_high_quotes_the_rate_in_force_when_it_showed_not_the_decayed_one
     found = report.get("lr.too_high")
     assert found is not None and found.step == 0
     assert found.evidence["lr"] == 0.1 and "learning rate 0.1 is" in found.message
+
+
+# ---- 11. output.collapsed and grad.exploding are true for regressions and summed losses ---
+REGRESSION = '''
+# pytorch/examples regression/main.py (polynomial fitting, one output, hand-written SGD)
+import sys
+import torch
+import torch.nn.functional as F
+POLY_DEGREE = 4
+torch.manual_seed(int(sys.argv[1]))
+W_target = torch.randn(POLY_DEGREE, 1) * 5
+b_target = torch.randn(1) * 5
+def make_features(x):
+    x = x.unsqueeze(1)
+    return torch.cat([x ** i for i in range(1, POLY_DEGREE + 1)], 1)
+def get_batch(batch_size=32):
+    x = make_features(torch.randn(batch_size))
+    return x, x.mm(W_target) + b_target.item()
+fc = torch.nn.Linear(W_target.size(0), 1)
+for batch_idx in range(1, 2000):
+    batch_x, batch_y = get_batch()
+    fc.zero_grad()
+    output = F.smooth_l1_loss(fc(batch_x), batch_y)
+    loss = output.item()
+    output.backward()
+    for param in fc.parameters():
+        param.data.add_(-0.1 * param.grad)
+    if loss < 1e-3:
+        break
+print("Loss: {:.6f} after {} batches".format(loss, batch_idx))
+'''
+
+VAE = '''
+# pytorch/examples vae/main.py, smaller: the reconstruction term summed over pixels
+import sys
+import torch
+from torch import nn
+import torch.nn.functional as F
+torch.manual_seed(0)
+class VAE(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc21, self.fc22 = nn.Linear(64, 128), nn.Linear(128, 8), nn.Linear(128, 8)
+        self.fc3, self.fc4 = nn.Linear(8, 128), nn.Linear(128, 64)
+    def forward(self, x):
+        h = F.relu(self.fc1(x))
+        mu, logvar = self.fc21(h), self.fc22(h)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return torch.sigmoid(self.fc4(F.relu(self.fc3(z)))), mu, logvar
+def loss_function(recon_x, x, mu, logvar):
+    BCE = F.binary_cross_entropy(recon_x, x, reduction="sum")
+    KLD = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+    return BCE + KLD
+g = torch.Generator().manual_seed(0)
+protos = (torch.rand(10, 64, generator=g) > 0.5).float()
+data = (protos[torch.randint(0, 10, (2048,), generator=g)] * 0.8 + 0.1 * torch.rand(2048, 64, generator=g)).clamp(0, 1)
+model = VAE()
+if sys.argv[1] == "adam":
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+else:
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+for epoch in range(3):
+    for i in range(0, 2048, 128):
+        x = data[i:i + 128]
+        optimizer.zero_grad()
+        recon, mu, logvar = model(x)
+        loss = loss_function(recon, x, mu, logvar)
+        loss.backward()
+        optimizer.step()
+'''
+
+
+def watched_script(tmp_path, source, *args):
+    import contextlib
+    import io
+    import json
+    from nndoctor.integrations.script import run
+    path = tmp_path / "train.py"
+    path.write_text(source)
+    out = tmp_path / ("out-" + "-".join(args))
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert run(str(path), list(args), out=out) == 0
+    return nndoctor.Report.from_json((out / "report.json").read_text())
+
+
+def test_one_output_regression_is_never_called_collapsed_nor_its_first_steps_too_large(tmp_path):
+    for seed in ("1", "4"):  # 4: every prediction positive (as its targets); 1: weights 10x too small at init
+        report = watched_script(tmp_path, REGRESSION, seed)
+        assert report.healthy, (seed, report)
+
+
+def test_a_one_output_model_that_answers_the_same_for_everything_is_still_collapsed():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1))
+    with torch.no_grad():
+        model[0].bias.fill_(-100.0)  # every ReLU dead: the output is the last bias, whatever the input
+    X, _ = make_data()
+    y = X[:, :1] * 3
+    opt = torch.optim.SGD(model.parameters(), 0.01)
+    with nndoctor.watch(model, opt) as doctor:
+        for s in range(200):
+            i = (s * 32) % 256
+            loss = nn.functional.mse_loss(model(X[i:i + 32]), y[i:i + 32])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            doctor.log(loss=loss)
+    found = doctor.report().get("output.collapsed")
+    assert found is not None and "the same for every input" in found.message
+
+
+def test_summed_loss_under_adam_is_no_explosion_but_under_sgd_it_is(tmp_path):
+    adam = watched_script(tmp_path, VAE, "adam")
+    sgd = watched_script(tmp_path, VAE, "sgd")
+    assert not adam.has("grad.exploding") and adam.healthy, adam
+    assert sgd.has("grad.exploding"), sgd

@@ -8,7 +8,9 @@ under `torch.no_grad()`, such as validation, are ignored).
 - Weight modules (Linear/Conv): the share of positive outputs, which tells a layer killed
   by a functional `F.relu` (never positive) from one cut by a non-differentiable op.
 - The model's output: the share of the most frequent predicted class and the spread of the
-  outputs across the batch, for `output.collapsed`.
+  outputs across the batch, for `output.collapsed`. A single output has no classes to
+  count (its sign is a class only for a logit, which the output alone cannot tell from a
+  regression), so its share is NaN and only its spread counts.
 - Recurrent modules: the last sampled input, kept (a few rows, detached) for the
   through-time gradient probe.
 
@@ -134,9 +136,10 @@ class ActivationCollector:
         out = out.detach().float()
         if out.shape[1] > 1:
             pred = out.argmax(1)
-            share = torch.bincount(pred, minlength=out.shape[1]).max().float() / out.shape[0]
+            counts = torch.zeros(out.shape[1], device=out.device).index_add_(0, pred, torch.ones_like(out[:, 0]))
+            share = counts.max() / out.shape[0]  # not bincount: its output size needs a device sync
         else:
-            share = torch.maximum((out > 0).float().mean(), (out <= 0).float().mean())
+            share = torch.full((), float("nan"), device=out.device)
         across = out.std(0).mean()
         self.output.append(self._step, ("top_share", "spread", "std"),
                            torch.stack([share, across / (out.abs().mean() + 1e-12), across]))

@@ -111,7 +111,12 @@ def grad_exploding(run: Run) -> Finding | None:
                                 evidence={"start_norm": start, "norm_at_detection": float(norms[i]), "peak_norm": peak},
                                 step=int(steps[i]))
     relative = relative_gradient(run)
-    if relative is not None and relative > RELATIVE_LIMIT:
+    # Large gradients are an explosion only where the step grows with them: Adam-like optimizers
+    # divide by the gradients' running RMS (a loss summed over pixels, as in a VAE, is fine
+    # there), and a run whose loss then falls well has shown that its steps were of use.
+    learned = len(finite(loss)) >= 10 and np.isfinite(loss).all() and not run.loss_is_poor(loss)
+    if relative is not None and relative > RELATIVE_LIMIT and not isinstance(run.optimizer, SCALE_FREE) \
+            and not learned:
         return Finding.make("grad.exploding",
                             f"At the start the gradient is {relative:.3g}x the size of the weights themselves "
                             f"(healthy networks start well below 1): any step of useful size throws the weights away.",

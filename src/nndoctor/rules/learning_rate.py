@@ -51,7 +51,7 @@ def first_update_ratio(run: Run, hidden_only: bool = False) -> tuple[float, str]
     and is meant to grow fast)."""
     firsts = {}
     layers = run.weight_layers()
-    for name in layers[:-1] if hidden_only and len(layers) > 1 else layers:
+    for name in layers[:-1] if hidden_only else layers:  # a one-layer model has no hidden layer
         s = run.series("update_ratio/" + name)
         if s is not None and s.head_values and np.isfinite(s.head_values[0]):
             firsts[name] = s.head_values[0]

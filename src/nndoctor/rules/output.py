@@ -29,11 +29,15 @@ def output_collapsed(run: Run) -> Finding | None:
                                 evidence={"output_to_target_std": ratio})
         return None
     label_share = targets.get("top_share")
-    if late_share >= TOP_SHARE and (label_share is None or label_share <= LABEL_SHARE) or late_spread < FLAT_SPREAD:
+    evidence = {"predicted_top_share": late_share if np.isfinite(late_share) else None,
+                "label_top_share": label_share, "output_spread": late_spread}
+    if late_share >= TOP_SHARE and (label_share is None or label_share <= LABEL_SHARE):
         return Finding.make("output.collapsed",
                             f"{late_share:.0%} of the predictions go to one class"
                             + (f" (it has {label_share:.0%} of the labels)" if label_share is not None else "")
-                            + ": the model ignores its input.",
-                            evidence={"predicted_top_share": late_share, "label_top_share": label_share,
-                                      "output_spread": late_spread})
+                            + ": the model ignores its input.", evidence=evidence)
+    if late_spread < FLAT_SPREAD:  # also for a single output (NaN share: a regression or a logit)
+        return Finding.make("output.collapsed",
+                            f"The outputs vary across the batch by {late_spread:.1e} of their size: the model "
+                            f"answers the same for every input.", evidence=evidence)
     return None
