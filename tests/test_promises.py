@@ -502,3 +502,42 @@ def test_summed_loss_under_adam_is_no_explosion_but_under_sgd_it_is(tmp_path):
     sgd = watched_script(tmp_path, VAE, "sgd")
     assert not adam.has("grad.exploding") and adam.healthy, adam
     assert sgd.has("grad.exploding"), sgd
+
+
+# ---- 14. labels out of range are repaired, never an IndexError -----------------------------
+def labelled(bad_label, rows=512, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(rows, 8, generator=g)
+    y = (X[:, 0] > 0).long() + (X[:, 1] > 0).long()
+    y[::7] = bad_label
+    return X, y
+
+
+def three_class_mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
+
+
+def test_validation_labels_out_of_range_are_a_finding_and_a_repair_not_an_index_error():
+    X, y = make_data(512)
+    X_val, y_val = labelled(3, rows=128, seed=1)
+    model = three_class_mlp()
+    report = nndoctor.diagnose(model, (X, y), loss_fn=nn.CrossEntropyLoss(),
+                               optimizer=torch.optim.Adam(model.parameters(), 1e-2), val_data=(X_val, y_val), steps=40)
+    assert report.has("data.labels_out_of_range")
+    model = three_class_mlp()
+    fix = nndoctor.repair(model, (X, y), loss_fn=nn.CrossEntropyLoss(), optimizer=torch.optim.Adam(model.parameters(), 1e-2),
+                          val_data=(X_val, y_val), steps=40)
+    assert "data.labels_out_of_range" in [c.code for c in fix.changes] and not fix.after.has("data.labels_out_of_range")
+
+
+def test_labels_beyond_the_outputs_are_repaired_by_a_wider_head():
+    for bad, remapped in ((3, False), (-1, True)):
+        model = three_class_mlp()
+        before = [p.clone() for p in model.parameters()]
+        fix = nndoctor.repair(model, labelled(bad), loss_fn=nn.CrossEntropyLoss(),
+                              optimizer=torch.optim.Adam(model.parameters(), 1e-2), steps=40)
+        change = next(c for c in fix.changes if c.code == "data.labels_out_of_range")
+        assert "nn.Linear(32, 4)" in change.snippet and ("re-mapped" in change.description) == remapped
+        assert fix.improved and fix.model(torch.randn(2, 8)).shape == (2, 4)
+        assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the user's model untouched

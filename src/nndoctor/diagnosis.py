@@ -126,12 +126,13 @@ def _split(batch, device):
 
 def _train(model, loader, loss_fn, optimizer, doctor: Doctor, steps: int, val_loader, advance=lambda: None):
     """Train for `steps` steps (`advance()` after each, for the progress bar). Returns
-    (steps trained, a Finding if the setup crashed)."""
+    (steps trained, a Finding if the setup crashed, or if validating on `val_loader` did)."""
     device = next(model.parameters()).device
     val_every = max(1, steps // VALIDATIONS)
     if not model.training:  # handed over in eval mode; a submodule the user froze in eval stays so
         model.train()
     step, batches = 0, iter(loader)
+    val_failure = None
     while step < steps:
         try:
             batch = next(batches)
@@ -152,10 +153,13 @@ def _train(model, loader, loss_fn, optimizer, doctor: Doctor, steps: int, val_lo
         step += 1
         advance()
         if val_loader is not None and step % val_every == 0:
-            doctor.log(val_loss=evaluate(model, val_loader, loss_fn, device))
+            try:
+                doctor.log(val_loss=evaluate(model, val_loader, loss_fn, device))
+            except Exception as exc:  # broken validation data is a finding; training goes on without it
+                val_failure, val_loader = crash_finding(exc, step), None
         if step % doctor.flush_every == 0 and doctor.diverged():
             break
-    return step, None
+    return step, val_failure
 
 
 @torch.no_grad()

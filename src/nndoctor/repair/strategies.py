@@ -427,7 +427,8 @@ def relabel(trial: Trial, finding: Finding, ctx: Context) -> Iterator[Attempt]:
     kind = loss_kind(trial.loss_fn)
     values = torch.unique(y if y_val is None else torch.cat([y.reshape(-1), y_val.reshape(-1)]))
     if kind in ("cross_entropy", "nll") and not y.is_floating_point() and out is not None and out.dim() == 2:
-        if len(values) > out.shape[1]:
+        if len(values) > out.shape[1]:  # more classes than outputs: no re-mapping fits, a wider head does
+            yield from _widen_head(trial, X, y, X_val, y_val, values, out.shape[1])
             return
         def remap(t):
             return torch.searchsorted(values.to(t.device), t)
@@ -446,6 +447,41 @@ def relabel(trial: Trial, finding: Finding, ctx: Context) -> Iterator[Attempt]:
                          relabel=_then(trial.relabel, remap))
     yield Attempt(changed, f"Labels re-mapped to what the loss accepts ({text}); the model's answers refer to the "
                   "re-mapped labels.", snippet)
+
+
+def _widen_head(trial: Trial, X, y, X_val, y_val, values: torch.Tensor, outputs: int) -> Iterator[Attempt]:
+    """One output per class: the last Linear giving the `outputs` logits is widened (its trained
+    rows kept, new rows initialised as nn.Linear does). Labels 0..K-1 stay as they are; labels
+    with negative values are re-mapped to 0..K-1 first."""
+    fresh = copy.deepcopy(trial.model)
+    heads = [(n, m) for n, m in fresh.named_modules() if isinstance(m, nn.Linear) and m.out_features == outputs and n]
+    if not heads:
+        return
+    path, head = heads[-1]
+    negative = bool(values[0] < 0)
+    width = len(values) if negative else int(values[-1]) + 1
+    wider = nn.Linear(head.in_features, width, bias=head.bias is not None).to(head.weight.device, head.weight.dtype)
+    with torch.no_grad():
+        wider.weight[:outputs] = head.weight
+        if head.bias is not None:
+            wider.bias[:outputs] = head.bias
+    parent = fresh.get_submodule(path.rsplit(".", 1)[0]) if "." in path else fresh
+    setattr(parent, path.rsplit(".", 1)[-1], wider)
+    probe = _output(trial.replace(model=fresh), X)
+    if probe is None or probe.dim() != 2 or probe.shape[1] != width:
+        return  # the model's forward does not pass the wider head through
+    snippet = f"{_code_ref(path)} = nn.Linear({head.in_features}, {width})  # one output per class"
+    if not negative:
+        yield Attempt(trial.replace(model=fresh), f"The output layer `{path}` widened from {outputs} to {width} outputs, "
+                      f"one per label 0..{width - 1}.", snippet)
+        return
+    def remap(t):
+        return torch.searchsorted(values.to(t.device), t)
+    changed = _with_rows(trial, X, remap(y), X_val, remap(y_val) if y_val is not None else None,
+                         relabel=_then(trial.relabel, remap)).replace(model=fresh)
+    yield Attempt(changed, f"Labels re-mapped to 0..{width - 1} and the output layer `{path}` widened from {outputs} to "
+                  f"{width} outputs; the model's answers refer to the re-mapped labels.",
+                  "classes = torch.unique(y)\ny = torch.searchsorted(classes, y)  # labels 0..C-1\n" + snippet)
 
 
 @strategy("loss.shape_mismatch")
