@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -14,17 +15,19 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
                                 reason="torch.distributed with gloo is needed")
 
 DDP_SCRIPT = """
+    import contextlib
     import sys
     import torch
     import torch.distributed as dist
     from torch import nn
+    from torch.distributed.algorithms.join import Join
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     torch.set_num_threads(1)
-    mode, odd_rank = sys.argv[1], int(sys.argv[2])
+    modes, odd_rank = set(sys.argv[1].split(",")), int(sys.argv[2])
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    if mode == "doctor-fails" and rank == odd_rank:  # nndoctor's own bug on one rank only
+    if "doctor-fails" in modes and rank == odd_rank:  # nndoctor's own bug on one rank only
         import nndoctor.collect.gradients as gradients
         def broken(self, step):
             raise RuntimeError("simulated internal error")
@@ -35,21 +38,26 @@ DDP_SCRIPT = """
     model = DDP(nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 2)))
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     g = torch.Generator().manual_seed(rank)
+    # uneven: per-rank data of different length (rank 1 has 50 more batches)
+    steps = 60 + 50 * rank if modes & {"uneven", "join"} else 150
 
     def train(doctor=None):
-        for step in range(150):
-            idx = torch.randint(0, 2048, (32,), generator=g)
-            x = X[idx].clone()
-            if mode == "nan" and rank == odd_rank and step == 70:
-                x[3, 2] = float("nan")   # one bad sample on one rank
-            loss = nn.functional.cross_entropy(model(x), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if doctor is not None:
-                doctor.log(loss=loss)
+        with Join([model]) if "join" in modes else contextlib.nullcontext():
+            for step in range(steps):
+                if "raise" in modes and rank == odd_rank and step == 37:
+                    raise RuntimeError("the user's own error on one rank")
+                idx = torch.randint(0, 2048, (32,), generator=g)
+                x = X[idx].clone()
+                if "nan" in modes and rank == odd_rank and step == 70:
+                    x[3, 2] = float("nan")   # one bad sample on one rank
+                loss = nn.functional.cross_entropy(model(x), y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                if doctor is not None:
+                    doctor.log(loss=loss)
 
-    if mode == "api":  # the user's own loop, watched on every rank
+    if "api" in modes:  # the user's own loop, watched on every rank
         from nndoctor.integrations.distributed import watch
         with watch(model, opt) as doctor:
             train(doctor)
@@ -58,29 +66,47 @@ DDP_SCRIPT = """
             report.save_json(sys.argv[3])
     else:
         train()
+    print(f"rank {rank} finished", flush=True)
     dist.destroy_process_group()
 """
 
+TIMEOUT = 240  # s: a deadlock fails the test instead of hanging CI
 
-def torchrun(tmp_path: Path, *args: str, under_nndoctor_watch: bool = True):
-    script = tmp_path / "train_ddp.py"
-    script.write_text(textwrap.dedent(DDP_SCRIPT))
+
+def torchrun(tmp_path: Path, *args: str, under_nndoctor_watch: bool = True, check: bool = True,
+             script: str = DDP_SCRIPT):
+    """Launch the script on 2 ranks (gloo, CPU); returns (the finished launcher, rank 0's report or None)."""
+    return finish(launch(tmp_path, *args, under_nndoctor_watch=under_nndoctor_watch, script=script), check)
+
+
+def launch(tmp_path: Path, *args: str, under_nndoctor_watch: bool = True, script: str = DDP_SCRIPT):
+    tmp_path.mkdir(exist_ok=True)
+    path = tmp_path / "train_ddp.py"
+    path.write_text(textwrap.dedent(script))
     (tmp_path / "out").mkdir()
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src"), OMP_NUM_THREADS="1")
     runner = ["-m", "nndoctor.cli", "watch", "--out", str(tmp_path / "out")] if under_nndoctor_watch else []
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           *runner, str(script), *args]
+           *runner, str(path), *args]
     launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                 cwd=tmp_path, start_new_session=True)
+    return launcher, cmd, tmp_path, time.monotonic()
+
+
+def finish(launched, check: bool = True):
+    launcher, cmd, tmp_path, began = launched
     try:
-        stdout, stderr = launcher.communicate(timeout=240)
+        stdout, stderr = launcher.communicate(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:  # a deadlock: end the launcher and its workers, then fail
         os.killpg(launcher.pid, signal.SIGKILL)
         launcher.communicate()
-        pytest.fail("torchrun job did not finish within 240 s (deadlock?)")
-    assert launcher.returncode == 0, stderr[-3000:]
+        pytest.fail(f"torchrun job did not finish within {TIMEOUT} s (deadlock?)")
+    if check:
+        assert launcher.returncode == 0, stderr[-3000:]
     done = subprocess.CompletedProcess(cmd, launcher.returncode, stdout, stderr)
-    return done, json.loads((tmp_path / "out" / "report.json").read_text())
+    done.seconds = time.monotonic() - began
+    report = tmp_path / "out" / "report.json"
+    return done, json.loads(report.read_text()) if report.exists() else None
 
 
 def test_nan_on_one_rank_is_named_with_its_rank(tmp_path):
@@ -105,3 +131,49 @@ def test_own_loop_with_the_distributed_watch(tmp_path):
     assert report["meta"]["world_size"] == 2 and report["meta"]["steps"] == 150
     assert len(report["series"]["loss"]["value"]) == 150  # merged: one mean loss per step
     assert [f["code"] for f in report["findings"] if f["severity"] != "info"] == []
+
+
+# ---- never deadlock: ranks that disagree on step counts, or a rank that is gone ------------
+PLAIN: dict[str, subprocess.CompletedProcess] = {}  # the job without nndoctor, once per mode
+
+
+def watched_and_plain(tmp_path: Path, modes: str, *, api: bool = False):
+    """The same job with and without nndoctor (launched together): ((watched, its report), plain)."""
+    args = ["api," + modes, "1", str(tmp_path / "w" / "out" / "report.json")] if api else [modes, "1"]
+    watched = launch(tmp_path / "w", *args, under_nndoctor_watch=not api)
+    if modes not in PLAIN:
+        PLAIN[modes] = finish(launch(tmp_path / "p", modes, "1", under_nndoctor_watch=False), check=False)[0]
+    return finish(watched, check=False), PLAIN[modes]
+
+
+@pytest.mark.parametrize("api", [False, True], ids=["nndoctor-watch", "distributed-api"])
+def test_uneven_data_per_rank_ends_like_the_plain_job_and_rank_0_reports(tmp_path, api):
+    # plain DDP: rank 0 ends after 60 steps, rank 1's next all-reduce fails (exit status 1)
+    (done, report), plain = watched_and_plain(tmp_path, "uneven", api=api)
+    assert done.returncode == plain.returncode == 1 and "rank 0 finished" in done.stdout
+    assert report["meta"]["steps"] == 60 and report["meta"]["world_size"] == 2
+    assert any("rank 1 sent no statistics after its share 1" in n for n in report["notes"])
+    assert [f["code"] for f in report["findings"] if f["severity"] != "info"] == []
+
+
+@pytest.mark.parametrize("api", [False, True], ids=["nndoctor-watch", "distributed-api"])
+def test_join_with_uneven_data_finishes_and_merges_both_ranks(tmp_path, api):
+    (done, report), plain = watched_and_plain(tmp_path, "join", api=api)
+    assert plain.returncode == 0 and done.returncode == 0, done.stderr[-3000:]
+    assert "rank 0 finished" in done.stdout and "rank 1 finished" in done.stdout
+    assert report["meta"]["steps_by_rank"] == {"0": 60, "1": 110}
+    assert any("rank 0: 60, rank 1: 110" in n for n in report["notes"])
+    assert [f["code"] for f in report["findings"] if f["severity"] != "info"] == []
+    if api:  # rank 1's rows of its steps 60-109 were merged into the job's loss trace
+        assert len(report["series"]["loss"]["value"]) == 110
+
+
+@pytest.mark.parametrize("api", [False, True], ids=["nndoctor-watch", "distributed-api"])
+def test_a_rank_that_raises_ends_the_job_like_the_plain_one(tmp_path, api):
+    (done, report), plain = watched_and_plain(tmp_path, "raise", api=api)
+    assert done.returncode == plain.returncode == 1
+    assert done.seconds < plain.seconds + 30  # no wait for the rank that is gone
+    # its traceback is printed, as without nndoctor
+    assert "Traceback" in done.stderr and "RuntimeError: the user's own error on one rank" in done.stderr
+    if report is not None:  # rank 0 wrote it before the launcher ended the job: rank 1's end is in it
+        assert any("rank 1 stopped at step 37: RuntimeError: the user's own error" in n for n in report["notes"])

@@ -25,7 +25,7 @@ from torch import nn
 
 from .collect.activations import ActivationCollector
 from .collect.buffer import StepBuffer
-from .collect.gradients import GradientCollector
+from .collect.gradients import GradientCollector, local_tensor
 from .collect.histograms import HistogramCollector
 from .collect.loop import LoopCollector
 from .collect.nonfinite import NonFiniteSentinel
@@ -394,7 +394,8 @@ class Doctor:
         """Say whether the first module's own parameters were already non-finite."""
         module = next((m for m, n in self.module_names.items() if n == origin["module"]), None)
         if module is not None:
-            bad = [n for n, p in module.named_parameters(recurse=False) if not torch.isfinite(p.detach()).all()]
+            bad = [n for n, p in module.named_parameters(recurse=False)
+                   if not torch.isfinite(local_tensor(p.detach())).all()]  # a DTensor op could start a collective
             origin["bad_parameters"] = bad
 
     # ---- judge -------------------------------------------------------------------------
@@ -402,7 +403,7 @@ class Doctor:
         run = Run(history=self.history, step=self.step, planned_steps=self.planned_steps, final=final,
                   model=self.model, optimizer=self.optimizer, params=self.params,
                   module_names=self.module_names, kinds=self.activations.kinds,
-                  origin=self.sentinel.origin, order=self.sentinel.order, none_counts=self.grads.none_counts,
+                  origin=self.sentinel.origin, order=self.sentinel.order, none_counts=self._none_counts(),
                   sampled=self.grads.sampled, not_in_optimizer=self.not_in_optimizer,
                   loop_steps=self.loop.steps, eval_steps=self.loop.eval_steps,
                   targets=self.targets, extra=self.extra)
@@ -414,6 +415,10 @@ class Doctor:
         if final:
             self.notes = [n for n in self.notes if not n.startswith("rule ")] + notes
         return findings
+
+    def _none_counts(self) -> dict[str, int]:
+        """Per parameter, the sampled steps it had no gradient (a sharded job: on any rank holding it)."""
+        return self.grads.none_counts
 
     def _probe_rnns(self) -> None:
         """Record, for each recurrent module, the first time step's influence on the last

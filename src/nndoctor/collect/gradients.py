@@ -15,8 +15,18 @@ from .buffer import StepBuffer
 ROW_WINDOW = 8  # sampled steps per dead-row window: a row silent for all of them is dead
 
 
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a sharded tensor (an FSDP2/DTensor parameter or gradient), else `t`.
+    An op on a DTensor may run a collective; the collectors must never start one (a rank
+    that is alone in it waits forever), so they read the local shard and the ranks' shares
+    are combined in the exchange (integrations/distributed.py)."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if callable(to_local) else t
+
+
 def norms(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Per-tensor L2 norms as one float32 vector on the first tensor's device."""
+    """Per-tensor L2 norms (of the local shards) as one float32 vector on the first tensor's device."""
+    tensors = [local_tensor(t) for t in tensors]
     device = tensors[0].device
     try:
         if all(t.device == device and not t.is_sparse for t in tensors):
@@ -45,13 +55,16 @@ class GradientCollector:
             self.norms.append(step, idx, norms([self.params[i][1].grad for i in idx]))
         self.sampled += 1
         for name, p in self.params:
-            if p.grad is None:
+            if p.grad is None and local_tensor(p).numel():  # a rank holding none of it cannot tell
                 self.none_counts[name] += 1
         for i, _ in self._rows:
             g = self.params[i][1].grad
             if g is None or g.is_sparse:
                 continue
-            alive = torch.linalg.vector_norm(g.detach().flatten(1), dim=1) > 0  # fastest all-zero test per row
+            g = local_tensor(g.detach())
+            if g.dim() < 2 or not g.numel():
+                continue
+            alive = torch.linalg.vector_norm(g.flatten(1), dim=1) > 0  # fastest all-zero test per row
             self._alive[i] = alive if i not in self._alive else self._alive[i] | alive
         self._window += 1
         if self._window >= ROW_WINDOW and self._alive:

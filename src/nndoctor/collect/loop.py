@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from .buffer import StepBuffer
+from .gradients import local_tensor
 
 WATCHED = 2  # parameters carrying the hook
 
@@ -30,7 +31,7 @@ class LoopCollector:
             if self._after_step:
                 self._after_step = False
                 old = param.grad
-                flag = old.detach().ne(0).any() if old is not None and not old.is_sparse else torch.zeros((), dtype=torch.bool, device=grad.device)
+                flag = local_tensor(old.detach()).ne(0).any() if old is not None and not old.is_sparse else torch.zeros((), dtype=torch.bool, device=grad.device)
                 self.stale.append(self._step, ("stale",), flag.float())
         return hook
 

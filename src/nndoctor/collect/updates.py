@@ -16,10 +16,12 @@ recorded as NaN (no evidence; the rules skip non-finite ratios).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .buffer import StepBuffer
-from .gradients import norms
+from .gradients import local_tensor, norms
 
 COORDINATES = 4096
 TINY_SCALE = 0.01  # 1% of PyTorch's default init RMS, 1/sqrt(3 fan_in): no standard init starts 100x smaller
@@ -28,25 +30,30 @@ TINY_SCALE = 0.01  # 1% of PyTorch's default init RMS, 1/sqrt(3 fan_in): no stan
 class UpdateCollector:
     def __init__(self, params: list[tuple[str, torch.nn.Parameter]]):
         self.params = params
-        generator = torch.Generator().manual_seed(0)
-        self.positions: list[torch.Tensor | None] = []
+        self._generator = torch.Generator().manual_seed(0)
+        self.positions: list[torch.Tensor | None] = [self._positions(local_tensor(p)) for _, p in params]
+        self._drawn_for = [local_tensor(p).numel() for _, p in params]  # the local size the positions fit
         self.floors: list[float] = []  # the norm of the weights read below which a ratio is no evidence
-        for _, p in params:
-            if p.numel() > 2 * COORDINATES:
-                idx = torch.randperm(p.numel(), generator=generator)[:COORDINATES].to(p.device)
-                self.positions.append(idx)
-            else:
-                self.positions.append(None)
-            read = p.numel() if self.positions[-1] is None else COORDINATES
-            fan_in = p[0].numel() if p.dim() >= 2 else max(p.numel(), 1)
-            self.floors.append(TINY_SCALE * (read / (3 * fan_in)) ** 0.5)
+        for (_, p), idx in zip(params, self.positions):
+            read = local_tensor(p).numel() if idx is None else COORDINATES
+            fan_in = math.prod(p.shape[1:]) if len(p.shape) >= 2 else max(p.numel(), 1)  # shape: no DTensor op
+            self.floors.append(TINY_SCALE * (read / (3 * max(fan_in, 1))) ** 0.5)
         self.ratios = StepBuffer()
         self.weight_norms = StepBuffer()
         self._before: tuple[int, tuple, list[torch.Tensor]] | None = None
         self._floor_cache: dict[tuple, torch.Tensor] = {}
 
+    def _positions(self, p: torch.Tensor) -> torch.Tensor | None:
+        if p.numel() <= 2 * COORDINATES:
+            return None
+        return torch.randperm(p.numel(), generator=self._generator)[:COORDINATES].to(p.device)
+
     def _read(self, i: int) -> torch.Tensor:
-        flat = self.params[i][1].detach().reshape(-1)
+        """The local shard's weights at the fixed positions (FSDP1 can resize a parameter's
+        local view between construction and the step: the positions follow it)."""
+        flat = local_tensor(self.params[i][1].detach()).reshape(-1)
+        if flat.numel() != self._drawn_for[i]:
+            self.positions[i], self._drawn_for[i] = self._positions(flat), flat.numel()
         idx = self.positions[i]
         return flat.clone() if idx is None else flat[idx]
 

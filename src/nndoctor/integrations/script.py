@@ -106,7 +106,7 @@ class ScriptWatcher:
 
     def _stop(self, exc: Exception) -> None:
         """After our own error: stop observing; the wrapped functions pass straight through
-        until `remove()` restores them (a DistributedDoctor keeps joining the exchanges)."""
+        until `remove()` restores them (a DistributedDoctor tells rank 0 it left)."""
         self.broken = True
         self._remove_module_hooks()
         for handle in self._optimizer_hooks:
@@ -148,10 +148,9 @@ class ScriptWatcher:
         return scale
 
     def _wrapped_destroy(self, *args, **kwargs):
-        if sys.exc_info()[0] is None:  # not on the way out of a failure (a `finally:` after an error)
-            self._guard(self.finish_distributed)
-        elif isinstance(self.doctor, DistributedDoctor):
-            self.doctor.exchange_at_end = False
+        if isinstance(self.doctor, DistributedDoctor) and sys.exc_info()[0] is not None:
+            self.doctor.ended_by = traceback.format_exc().rstrip()  # a `finally:` on the way out of an error
+        self._guard(self.finish_distributed)
         return self._destroy(*args, **kwargs)
 
     def _before_optimizer_step(self, optimizer, args, kwargs) -> None:
@@ -203,7 +202,7 @@ class ScriptWatcher:
             if self.doctor is not None:  # the provisional watcher of the first backward passes
                 self.doctor.active = False   # discarded: no final flush
                 if isinstance(self.doctor, DistributedDoctor):
-                    self.doctor.exchange_at_end = False  # nor a last exchange (its own failure included)
+                    self.doctor.exchange_at_end = False  # nor a last share
                 self.doctor.detach()
                 self.doctor = None
             self._found(model, optimizer)  # its own pre-hook runs right after this global one
@@ -251,8 +250,8 @@ class ScriptWatcher:
                                    fix="Run the training script itself (the one that calls loss.backward()), "
                                        "or watch your own loop with nndoctor.watch(model, optimizer).")
             return Report(findings=[finding], meta={"steps": 0}, notes=list(self.notes))
-        if ended and isinstance(doctor, DistributedDoctor):
-            doctor.exchange_at_end = False  # this rank failed: its launcher tears the job down
+        if ended and isinstance(doctor, DistributedDoctor) and doctor.ended_by is None:
+            doctor.ended_by = ended  # rank 0 then waits only briefly: the others may be waiting for it
         doctor.detach()
         report = doctor.report()
         report.meta["optimizer"] = type(self.optimizer).__name__ if self.optimizer is not None else "none (hand-written update)"
