@@ -177,3 +177,103 @@ def test_a_rank_that_raises_ends_the_job_like_the_plain_one(tmp_path, api):
     assert "Traceback" in done.stderr and "RuntimeError: the user's own error on one rank" in done.stderr
     if report is not None:  # rank 0 wrote it before the launcher ended the job: rank 1's end is in it
         assert any("rank 1 stopped at step 37: RuntimeError: the user's own error" in n for n in report["notes"])
+
+
+# ---- sharded models: FSDP2, FSDP1 (with and without use_orig_params), and DDP beside them ----
+SHARDED_SCRIPT = """
+    import copy
+    import json
+    import sys
+    import torch
+    import torch.distributed as dist
+    from torch import nn
+
+    torch.set_num_threads(1)
+    kind, jobs = sys.argv[1], sys.argv[2].split(",")
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    torch.manual_seed(0)
+    W = torch.randn(32, 10)
+
+    def batch(step):  # the same batch of 64 on every rank; rank r trains on rows 32r..32r+31
+        g = torch.Generator().manual_seed(step)
+        x = torch.randn(64, 32, generator=g)
+        return x, (x @ W).argmax(1)
+
+    def shard(net):
+        if kind == "ddp":
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            return DDP(net)
+        if kind == "fsdp2":
+            from torch.distributed.fsdp import fully_shard
+            for layer in net:
+                if isinstance(layer, nn.Linear):
+                    fully_shard(layer)
+            return fully_shard(net)
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        # one unit: the last layer's parameters all fall in rank 1's half of the flat parameter
+        return FSDP(net, use_orig_params=kind == "fsdp1-orig", device_id=torch.device("cpu"))
+
+    reference_norms = {}
+    for job in jobs:
+        lr = {"healthy": 0.01, "sick": 0.5}[job]
+        torch.manual_seed(1)
+        net = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+        reference = copy.deepcopy(net)  # the unsharded model, trained on the whole batch
+        model = shard(net)
+        opt, ref_opt = torch.optim.Adam(model.parameters(), lr=lr), torch.optim.Adam(reference.parameters(), lr=lr)
+        if "--api" in sys.argv:
+            from nndoctor.integrations.distributed import watch
+            doctor = watch(model, opt, sample_every=5)
+            doctor.attach()
+        norms = reference_norms[job] = []
+        for step in range(60):
+            x, y = batch(step)
+            loss = nn.functional.cross_entropy(model(x[32 * rank:32 * rank + 32]), y[32 * rank:32 * rank + 32])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if "--api" in sys.argv:
+                doctor.log(loss=loss)
+            ref_opt.zero_grad()
+            nn.functional.cross_entropy(reference(x), y).backward()
+            norms.append(torch.stack([p.grad.norm() for p in reference.parameters()]).norm().item())
+            ref_opt.step()
+        if "--api" in sys.argv:
+            doctor.detach()
+            report = doctor.report()
+            if rank == 0:
+                report.save_json(f"out/{job}.json")
+    if rank == 0:
+        with open("out/reference.json", "w") as f:
+            json.dump(reference_norms, f)
+    dist.destroy_process_group()
+"""
+
+
+def problems(report: dict) -> list[str]:
+    return [f["code"] for f in report["findings"] if f["severity"] != "info"]
+
+
+@pytest.mark.parametrize("kind", ["fsdp2", "fsdp1-orig", "fsdp1", "ddp"])
+def test_sharded_job_is_judged_as_the_whole_model(tmp_path, kind):
+    done, _ = torchrun(tmp_path, kind, "healthy,sick", "--api", under_nndoctor_watch=False, script=SHARDED_SCRIPT)
+    reference = json.loads((tmp_path / "out" / "reference.json").read_text())
+    healthy, sick = (json.loads((tmp_path / "out" / f"{job}.json").read_text()) for job in ("healthy", "sick"))
+    for report in (healthy, sick):
+        assert report["meta"]["world_size"] == 2 and not any("stopped" in n for n in report["notes"])
+    assert problems(healthy) == []  # no false grad.none for the parameters held by rank 1 only
+    # gradient norms of the whole model, not of one shard: the unsharded model's on the same data
+    series = healthy["series"]["grad_norm/total"]
+    assert len(series["step"]) == 12
+    expected = [reference["healthy"][step] for step in series["step"]]
+    assert series["value"] == pytest.approx(expected, rel=1e-4)
+    assert sick["series"]["grad_norm/total"]["value"][0] == pytest.approx(reference["sick"][0], rel=1e-4)
+    if kind != "fsdp1":  # FSDP1's flat parameters hold whole units: no weight matrix to judge the steps by
+        assert "lr.too_high" in problems(sick)
+
+
+def test_fsdp2_under_nndoctor_watch_names_the_divergence(tmp_path):
+    done, report = torchrun(tmp_path, "fsdp2", "sick", script=SHARDED_SCRIPT)
+    assert done.stdout.count("Report written to") == 1 and report["meta"]["world_size"] == 2
+    assert "lr.too_high" in problems(report) and not any("stopped" in n for n in report["notes"])

@@ -127,6 +127,7 @@ class Doctor:
         self.notes: list[str] = []
         self.targets: dict | None = None
         self.extra: dict = {}               # evidence measured outside the hooks (diagnose's probes)
+        self.shapes: dict = {}              # param name -> whole shape where a parameter is a shard (FSDP1)
         self.findings: list[Finding] = []   # live: the verdict as of the last flush
         self._first_seen: dict[str, int] = {}
         self._logged: dict[str, int] = {}
@@ -406,7 +407,7 @@ class Doctor:
                   origin=self.sentinel.origin, order=self.sentinel.order, none_counts=self._none_counts(),
                   sampled=self.grads.sampled, not_in_optimizer=self.not_in_optimizer,
                   loop_steps=self.loop.steps, eval_steps=self.loop.eval_steps,
-                  targets=self.targets, extra=self.extra)
+                  targets=self.targets, extra=self.extra, shapes=self.shapes)
         findings, notes = judge(run)
         name_modules(findings, self.module_types)
         for f in findings:

@@ -64,13 +64,16 @@ def group_store(group=None):
     return c10d._world.pg_map[group if group is not None else c10d._get_default_group()][1]
 
 
-def shard_replicas(model: torch.nn.Module, params, world_size: int) -> dict[str, int]:
+def shard_layout(model: torch.nn.Module, params, world_size: int) -> tuple[dict[str, int], dict[str, tuple]]:
     """For each sharded parameter, how many ranks hold each of its elements (FSDP: 1;
-    hybrid sharding: the replicas of a shard). Unsharded (DDP) parameters are absent."""
+    hybrid sharding: the replicas of a shard), and, where the watched tensor is a flattened
+    local view (FSDP1 with use_orig_params), the whole parameter's shape. Unsharded (DDP)
+    parameters are in neither."""
     replicas: dict[str, int] = {}
+    shapes: dict[str, tuple] = {}
     for name, p in params:
         mesh, placements = getattr(p, "device_mesh", None), getattr(p, "placements", None)
-        if mesh is not None and placements is not None:  # FSDP2 / DTensor
+        if mesh is not None and placements is not None:  # FSDP2 / DTensor: its shape is the whole one
             shards = math.prod(mesh.size(d) for d, pl in enumerate(placements) if pl.is_shard())
             if shards > 1:
                 replicas[name] = max(1, world_size // shards)
@@ -78,18 +81,20 @@ def shard_replicas(model: torch.nn.Module, params, world_size: int) -> dict[str,
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
         from torch.distributed.fsdp import ShardingStrategy
     except ImportError:
-        return replicas
+        return replicas, shapes
     ids = {id(p): name for name, p in params}
     for unit in model.modules():
-        if isinstance(unit, FSDP) and unit.sharding_strategy != ShardingStrategy.NO_SHARD:
-            shards = dist.get_world_size(unit.process_group)
-            handle = getattr(unit, "_handle", None)
-            flat = getattr(handle, "flat_param", None)
-            held = [flat, *(getattr(flat, "_params", None) or [])] if flat is not None else []
-            for p in held:
-                if id(p) in ids and shards > 1:
-                    replicas[ids[id(p)]] = max(1, world_size // shards)
-    return replicas
+        flat = getattr(getattr(unit, "_handle", None), "flat_param", None)
+        if not isinstance(unit, FSDP) or flat is None or unit.sharding_strategy == ShardingStrategy.NO_SHARD:
+            continue
+        shards = dist.get_world_size(unit.process_group)
+        originals = list(zip(getattr(flat, "_params", None) or [], flat._shapes))
+        for p, shape in [(flat, None), *originals]:
+            if id(p) in ids and shards > 1:
+                replicas[ids[id(p)]] = max(1, world_size // shards)
+                if shape is not None:
+                    shapes[ids[id(p)]] = tuple(shape)
+    return replicas, shapes
 
 
 class DistributedDoctor(Doctor):
@@ -103,7 +108,7 @@ class DistributedDoctor(Doctor):
         self.exchange_at_end = True   # False: a discarded watcher (the script found a better one), no last share
         self.ended_by: str | None = None  # this rank's script failed: the exception, as printed
         self.first_nonfinite: dict[int, int] = {}  # rank -> first step with a non-finite loss
-        self.replicas = shard_replicas(model, self.params, self.world_size)
+        self.replicas, self.shapes = shard_layout(model, self.params, self.world_size)
         self._key = f"nndoctor/{next(_instances)}"
         self._store = None
         if world:

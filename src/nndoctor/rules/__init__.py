@@ -10,6 +10,7 @@ sick and a healthy case to the tests; nothing else changes.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -88,6 +89,7 @@ class Run:
     targets: dict | None = None
     order: list = field(default_factory=list)              # module names in execution order
     extra: dict = field(default_factory=dict)              # evidence added by diagnose (e.g. dropout probe)
+    shapes: dict = field(default_factory=dict)             # param name -> whole shape, where only a shard is watched (FSDP1)
 
     # ---- convenient views ------------------------------------------------------------
     def loss(self) -> tuple[np.ndarray, np.ndarray]:
@@ -105,12 +107,14 @@ class Run:
         """Weight-matrix parameters (ndim >= 2, not embeddings), from input to output in the
         order their modules run (registration order as a fallback)."""
         embeddings = {n for m, n in self.module_names.items() if isinstance(m, nn.Embedding)}
-        names = [n for n, p in self.params if p.dim() >= 2 and self.module_of(n) not in embeddings
+        names = [n for n, p in self.params if len(self.shapes.get(n, p.shape)) >= 2 and self.module_of(n) not in embeddings
                  and self.series("grad_norm/" + n) is not None]
         position = {n: i for i, n in reversed(list(enumerate(self.order)))}
         return sorted(names, key=lambda n: position.get(self.module_of(n), len(position)))
 
     def numel(self, param_name: str) -> int:
+        if param_name in self.shapes:
+            return math.prod(self.shapes[param_name])
         return next((p.numel() for n, p in self.params if n == param_name), 1)
 
     @property
