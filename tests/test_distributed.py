@@ -269,8 +269,9 @@ def test_sharded_job_is_judged_as_the_whole_model(tmp_path, kind):
     expected = [reference["healthy"][step] for step in series["step"]]
     assert series["value"] == pytest.approx(expected, rel=1e-4)
     assert sick["series"]["grad_norm/total"]["value"][0] == pytest.approx(reference["sick"][0], rel=1e-4)
-    if kind != "fsdp1":  # FSDP1's flat parameters hold whole units: no weight matrix to judge the steps by
-        assert "lr.too_high" in problems(sick)
+    assert "lr.too_high" in problems(sick)
+    if kind.startswith("fsdp1"):  # each original parameter is judged, also inside FSDP1's flat parameter
+        assert "update_ratio/_fsdp_wrapped_module.4.weight" in sick["series"]
 
 
 def test_fsdp2_under_nndoctor_watch_names_the_divergence(tmp_path):

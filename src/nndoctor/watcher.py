@@ -165,11 +165,16 @@ class Doctor:
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         self._lazy = any(nn.parameter.is_lazy(p) for _, p in named)
         named = [(n, p) for n, p in named if not nn.parameter.is_lazy(p)]
-        self.params = [(n, p) for n, p in named if in_optimizer is None or id(p) in in_optimizer]
+        self.params = self._parameter_views([(n, p) for n, p in named if in_optimizer is None or id(p) in in_optimizer])
         self.not_in_optimizer = [n for n, p in named if in_optimizer is not None and id(p) not in in_optimizer]
         self.grads = GradientCollector(self.params)
         self.updates = UpdateCollector(self.params)
         self.loop = LoopCollector(self.params, self.model)
+
+    def _parameter_views(self, params: list) -> list:
+        """The watched tensors for the chosen parameters: themselves (a sharded wrapper may
+        watch each original parameter inside a flattened one instead)."""
+        return params
 
     # ---- lifecycle ------------------------------------------------------------------
     def __enter__(self) -> "Doctor":

@@ -88,8 +88,9 @@ def shard_layout(model: torch.nn.Module, params, world_size: int) -> tuple[dict[
         if not isinstance(unit, FSDP) or flat is None or unit.sharding_strategy == ShardingStrategy.NO_SHARD:
             continue
         shards = dist.get_world_size(unit.process_group)
-        originals = list(zip(getattr(flat, "_params", None) or [], flat._shapes))
-        for p, shape in [(flat, None), *originals]:
+        originals = getattr(flat, "_params", None) or [
+            v for _, v in params if isinstance(v, FlatShardView) and v.flat is flat]
+        for p, shape in [(flat, None), *zip(originals, flat._shapes)]:
             if id(p) in ids and shards > 1:
                 replicas[ids[id(p)]] = max(1, world_size // shards)
                 if shape is not None:
@@ -97,13 +98,62 @@ def shard_layout(model: torch.nn.Module, params, world_size: int) -> tuple[dict[
     return replicas, shapes
 
 
+class FlatShardView:
+    """One original parameter's part of the local shard of an FSDP1 flat parameter. It
+    offers what the collectors read of a parameter (`.grad`, `.detach()`, its size), as
+    slices of the flat parameter and its gradient at the time they are read."""
+
+    is_sparse = False
+    requires_grad = True
+
+    def __init__(self, flat: torch.nn.Parameter, offset: int, numel: int):
+        self.flat, self.offset, self.size = flat, offset, numel
+
+    @property
+    def grad(self) -> torch.Tensor | None:
+        grad = self.flat.grad
+        return None if grad is None or not self.size else grad.detach()[self.offset:self.offset + self.size]
+
+    @property
+    def device(self) -> torch.device:
+        return self.flat.device
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size([self.size])
+
+    def detach(self) -> torch.Tensor:
+        return self.flat.detach()[self.offset:self.offset + self.size]
+
+    def numel(self) -> int:
+        return self.size
+
+    def dim(self) -> int:
+        return 1
+
+    def register_hook(self, hook):
+        return self.flat.register_hook(hook)
+
+
+def flat_views(name: str, p) -> list[tuple[str, object]]:
+    """[(original parameter name, its FlatShardView)] for an FSDP1 flat parameter, else [(name, p)]."""
+    infos, fqns = getattr(p, "_shard_param_infos", None), getattr(p, "_fqns", None)
+    if not infos or not fqns or getattr(p, "_params", None):  # not flat, or use_orig_params (watched as is)
+        return [(name, p)]
+    prefix = name[:-len("_flat_param")] if name.endswith("_flat_param") else name + "."
+    return [(prefix + fqn, FlatShardView(p, info.offset_in_shard, info.numel_in_shard) if info.in_shard
+             else FlatShardView(p, 0, 0))  # held by other ranks: an empty view, like use_orig_params'
+            for fqn, info in zip(fqns, infos)]
+
+
 class DistributedDoctor(Doctor):
     """A Doctor whose flushes are merged on rank 0 across the ranks of a process group."""
 
     def __init__(self, model, optimizer=None, *, group=None, **options):
-        super().__init__(model, optimizer, reducer=self._reduce, **options)
         world = distributed_world(group)
         self.rank, self.world_size = world if world else (0, 1)
+        self._finished = False
+        super().__init__(model, optimizer, reducer=self._reduce, **options)
         self.group = group
         self.exchange_at_end = True   # False: a discarded watcher (the script found a better one), no last share
         self.ended_by: str | None = None  # this rank's script failed: the exception, as printed
@@ -119,7 +169,6 @@ class DistributedDoctor(Doctor):
                                   f"this report covers rank {self.rank} only")
         self._outbox: list = []          # rows not yet sent (rank 0: its own share in the making)
         self._seq = 0                    # shares this rank has sent
-        self._finished = False
         self._origins: dict[int, dict] = {}
         # rank 0 only: shares read and not yet merged, what is known of each rank
         self._waiting: dict[int, dict[int, dict]] = {}  # seq -> rank -> share
@@ -130,6 +179,11 @@ class DistributedDoctor(Doctor):
         self._flushed_at: float | None = None
         self._flush_interval = 0.0       # the longest time between two scheduled flushes here
 
+    def _parameter_views(self, params: list) -> list:
+        """FSDP1 without use_orig_params hands the optimizer one flat parameter per unit:
+        watch each original parameter's slice of it instead, so each layer is judged as itself."""
+        return [view for name, p in params for view in flat_views(name, p)]
+
     # ---- lifecycle -------------------------------------------------------------------
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc is not None:
@@ -138,7 +192,7 @@ class DistributedDoctor(Doctor):
 
     def _fail(self, exc: Exception) -> None:
         super()._fail(exc)
-        if not self._finished and self.rank != 0:  # nndoctor's error here: rank 0 must not wait for this rank
+        if not self._finished and self.rank != 0 and hasattr(self, "_outbox"):  # rank 0 must not wait for us
             self._finish([], failure=f"nndoctor stopped watching on this rank ({self.failure})")
 
     def report(self) -> Report:
