@@ -12,7 +12,9 @@ from nndoctor.findings import REGISTRY
 DYNAMICS = ["lr.too_high", "lr.too_low", "loss.oscillation", "loss.fluctuation", "loss.plateau", "loss.nonfinite",
             "grad.vanishing", "grad.exploding", "grad.zero", "grad.none", "grad.clipped_always", "units.dead",
             "units.saturated", "layers.slow_bottom", "output.collapsed", "reg.too_strong", "fit.overfitting",
-            "fit.underfitting", "loop.missing_zero_grad", "loop.eval_mode"]
+            "fit.underfitting", "loop.missing_zero_grad", "loop.eval_mode", "loop.graph_retained",
+            "loop.eval_with_grad", "loop.eval_in_train_mode", "loop.eval_on_train_data", "lr.schedule_too_fast",
+            "params.frozen", "data.split_mismatch"]
 
 
 @functools.lru_cache(maxsize=None)

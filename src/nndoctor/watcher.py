@@ -25,6 +25,7 @@ from torch import nn
 
 from .collect.activations import ActivationCollector
 from .collect.buffer import StepBuffer
+from .collect.forwards import ForwardCollector
 from .collect.gradients import GradientCollector, local_tensor
 from .collect.histograms import HistogramCollector
 from .collect.loop import LoopCollector
@@ -141,6 +142,7 @@ class Doctor:
         self._flushes = 0
 
         self._unhookable: set[nn.Module] = set()  # modules that refused a forward hook
+        self.forwards = ForwardCollector(model, self.sample_every)
         self.module_names = {m: (n or type(model).__name__) for n, m in model.named_modules()}
         self.module_types = module_types(model)
         try:
@@ -191,6 +193,7 @@ class Doctor:
             h.append(self.optimizer.register_step_pre_hook(self._before_step))
             h.append(self.optimizer.register_step_post_hook(self._after_step))
         h += self._forward_hook(self.model, [self.sentinel.on_input], pre=True)
+        h += self._forward_hook(self.model, [self.forwards.on_forward])
         for module, hook in self.sentinel.modules():
             h += self._forward_hook(module, [hook])
         self._sample_hooks(self.step % self.sample_every == 0)
@@ -282,7 +285,7 @@ class Doctor:
         """The verdict so far (also valid while training goes on). Never raises: an internal
         error while judging gives the findings of the last flush and a note; a failing sink
         gets a note."""
-        self.flush()
+        self.flush(final=True)
         try:
             report = self._report()
         except Exception as exc:  # our bug must never reach the user
@@ -320,6 +323,7 @@ class Doctor:
         sampled = step % self.sample_every == 0
         self.sentinel.end_step(step)
         self.loop.on_step(step)
+        self.forwards.on_step(step)
         if sampled:
             self.grads.on_step(step)
             self.updates.before_step(step)
@@ -338,6 +342,7 @@ class Doctor:
         if self.step % self.sample_every == 0:
             self.grads.on_step(self.step)
         self.loop.on_step(self.step)
+        self.forwards.on_step(self.step)
         self._advance()
 
     def _advance(self) -> None:
@@ -355,9 +360,10 @@ class Doctor:
 
     # ---- flush: device buffers -> history ---------------------------------------------
     @guarded
-    def flush(self) -> None:
+    def flush(self, final: bool = False) -> None:
         """Move the device buffers to the history in one transfer each. The rows pass through
-        the reducer (DDP: merged across ranks) and on to the sinks (TensorBoard) on the way."""
+        the reducer (DDP: merged across ranks) and on to the sinks (TensorBoard) on the way.
+        `final`: the report is due, so the forwards since the last step count (a last evaluation)."""
         rows: list[tuple[str, np.ndarray, np.ndarray]] = []
 
         def add(name: str, steps, values) -> None:
@@ -382,6 +388,7 @@ class Doctor:
                 for col, key in enumerate(keys):
                     add(prefix + key, steps, values[:, col])
         self.histograms.flush()
+        self.forwards.flush(final)
         self._flushes += 1
         if self._flushes % PROBE_EVERY == 1 and self.activations.rnn_inputs:
             self._probe_rnns()
@@ -412,7 +419,7 @@ class Doctor:
                   origin=self.sentinel.origin, order=self.sentinel.order, none_counts=self._none_counts(),
                   sampled=self.grads.sampled, not_in_optimizer=self.not_in_optimizer,
                   loop_steps=self.loop.steps, eval_steps=self.loop.eval_steps,
-                  targets=self.targets, extra=self.extra, shapes=self.shapes)
+                  forwards=self.forwards, targets=self.targets, extra=self.extra, shapes=self.shapes)
         findings, notes = judge(run)
         name_modules(findings, self.module_types)
         for f in findings:

@@ -38,11 +38,12 @@ CAUSES = {
                          "lr.too_low", "data.no_signal", "reg.too_strong"),
     "loss.plateau": ("init.symmetric", "grad.zero", "data.no_signal", "output.activation_mismatch",
                      "lr.too_low", "grad.vanishing", "units.dead", "units.saturated", "output.collapsed",
-                     "reg.too_strong", "loop.eval_mode"),
+                     "reg.too_strong", "loop.eval_mode", "lr.schedule_too_fast", "params.frozen"),
     "fit.underfitting": ("data.no_signal", "data.labels_out_of_range", "output.softmax_wrong_dim", "output.activation_mismatch",
                          "init.symmetric", "grad.zero", "grad.none", "lr.too_high", "lr.too_low",
                          "grad.vanishing", "units.dead", "units.saturated", "layers.slow_bottom",
-                         "reg.too_strong", "arch.bottleneck", "loss.plateau", "output.collapsed"),
+                         "reg.too_strong", "arch.bottleneck", "lr.schedule_too_fast", "params.frozen",
+                         "loss.plateau", "output.collapsed"),
     "loss.fluctuation": ("data.unshuffled", "lr.too_high", "loop.missing_zero_grad", "units.dead", "grad.vanishing"),
     "grad.clipped_always": ("lr.too_high",),
     "lr.too_low": ("data.target_scale",),
@@ -54,9 +55,12 @@ CAUSES = {
 
 # finding -> findings that, when present, explain its evidence away. Tiny updates mean a rate
 # too low only while gradients flow: dead or identical units, a non-differentiable op, or a
-# rate so high it killed the network (updates ~0 after the blow-up) starve them instead.
+# rate so high it killed the network (updates ~0 after the blow-up) starve them instead; a
+# schedule that ran out early makes them tiny at a rate that was right at the start.
 CONTRADICTED_BY = {
-    "lr.too_low": ("lr.too_high", "units.dead", "init.symmetric", "grad.zero"),
+    "lr.too_low": ("lr.too_high", "units.dead", "init.symmetric", "grad.zero", "lr.schedule_too_fast"),
+    # a validation loss rising because the evaluation inputs are on another scale is no overfit
+    "fit.overfitting": ("data.split_mismatch",),
 }
 
 
@@ -86,6 +90,7 @@ class Run:
     not_in_optimizer: list = field(default_factory=list)
     loop_steps: int = 0
     eval_steps: int = 0
+    forwards: object = None                                # collect.forwards.ForwardCollector: evaluations, graphs, inputs
     targets: dict | None = None
     order: list = field(default_factory=list)              # module names in execution order
     extra: dict = field(default_factory=dict)              # evidence added by diagnose (e.g. dropout probe)

@@ -179,6 +179,15 @@ def shuffle_labels() -> Mutation:
     return edit_data(lambda s: s.replace(y=permute(s.y, 1), y_val=permute(s.y_val, 2)))
 
 
+def standardize_train_only() -> Mutation:
+    """Raw inputs standardized in the training split only (the validation split keeps its
+    raw units): preprocessing applied to one split."""
+    def edit(split: Split) -> Split:
+        mean, std = split.X.mean(0), split.X.std(0).clamp_min(1e-6)
+        return split.replace(X=(split.X - mean) / std)
+    return lambda r: edit_data(edit)(raw_inputs()(r))
+
+
 # faults in the optimizer -----------------------------------------------------------------
 
 def bottom_lr(value: float, layers: int = 1) -> Mutation:
@@ -195,6 +204,16 @@ def bottom_lr(value: float, layers: int = 1) -> Mutation:
 
 
 # faults in the model ---------------------------------------------------------------------
+
+def freeze(matching: str) -> Mutation:
+    """`requires_grad_(False)` on every parameter whose name contains `matching`."""
+    def edit(model: nn.Module) -> nn.Module:
+        for name, p in model.named_parameters():
+            if matching in name:
+                p.requires_grad_(False)
+        return model
+    return edit_model(edit)
+
 
 def _weighted(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
