@@ -101,6 +101,8 @@ class ForwardCollector:
 
     # ---- the hook ------------------------------------------------------------------------
     def on_forward(self, module, args, output) -> None:
+        if module is not self.model:
+            return  # a copy.deepcopy of the model (an EMA, a teacher) carries the hook along
         x = _input(args)
         outputs = [t for t in _tensors(output, OUTPUTS_HOOKED) if t.requires_grad] if torch.is_grad_enabled() else []
         rerun = (x is not None and self._last_training_input is not None and self._last_training_input() is x)
