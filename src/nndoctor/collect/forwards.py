@@ -87,6 +87,7 @@ class ForwardCollector:
         self.reruns = 0
         self.eval_windows = {"grad": 0, "train_mode": 0, "any": 0}
         self._window: list[_Forward] = []
+        self._grad_seen = False
         self._budget = EVAL_SAMPLES
         self._last_training_input = None      # weak reference to the last grad-mode forward's input
         self._projection: torch.Tensor | None = None
@@ -112,7 +113,8 @@ class ForwardCollector:
             for t in outputs:
                 t.register_hook(self._reached(record))
             self._follow_graph(outputs[0])
-        first = not any(f.grad for f in self._window) and bool(outputs)
+        first = bool(outputs) and not self._grad_seen  # the window's first grad-mode forward: training, usually
+        self._grad_seen |= bool(outputs)
         sampled = self.step % self.sample_every == 0
         if x is not None and x.is_floating_point() and x.dim() >= 2 and not record.rerun:
             if first and sampled:
@@ -138,7 +140,10 @@ class ForwardCollector:
             return
         self._graph_step = self.step
         sentinel = _Sentinel()
-        output.grad_fn.metadata["nndoctor_graph"] = sentinel
+        try:
+            output.grad_fn.metadata["nndoctor_graph"] = sentinel
+        except (AttributeError, RuntimeError, TypeError):  # a node type without metadata: not followed
+            return
         self._graphs.append((self.step, weakref.ref(sentinel)))
 
     def _measure(self, record: _Forward, x: torch.Tensor, rows: int) -> None:
@@ -150,8 +155,9 @@ class ForwardCollector:
             width = features.shape[1]
             if self._projection is None or self._projection.shape[0] != width or self._projection.device != x.device:
                 generator = torch.Generator().manual_seed(1234)
-                self._projection = torch.randn(width, 2, generator=generator, dtype=torch.float64).to(x.device)
-            record.prints = features[:rows].double() @ self._projection
+                exact = torch.float32 if x.device.type == "mps" else torch.float64  # MPS has no float64
+                self._projection = torch.randn(width, 2, generator=generator, dtype=torch.float64).to(x.device, exact)
+            record.prints = features[:rows].to(self._projection.dtype) @ self._projection
             record.rows = features.shape[0]
 
     # ---- the optimizer step ----------------------------------------------------------------
@@ -159,6 +165,7 @@ class ForwardCollector:
         """An optimizer step (or a loss logged without one): judge the window's forwards."""
         self._classify(self._window)
         self._window = []
+        self._grad_seen = False
         self.step = step + 1
         if self.step % self.sample_every == 0:
             self._budget = EVAL_SAMPLES
