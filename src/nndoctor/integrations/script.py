@@ -190,6 +190,7 @@ class ScriptWatcher:
         loss = tensors if isinstance(tensors, torch.Tensor) else None
         if loss is None or loss.numel() != 1 or not loss.is_floating_point():
             return  # not a loss (a vector-Jacobian product, several roots): no step to count
+        graph = loss.grad_fn
         if self._unscaled is not None and self._unscaled[0]() is loss:
             loss = self._unscaled[1]
         loss = loss.detach().reshape(())
@@ -197,6 +198,8 @@ class ScriptWatcher:
             self._step_loss = loss
         if self.doctor is None:
             model = self._model_for(self._stepping)
+            if model is None and not self._roots:  # no module at all: a model made of plain tensors
+                model = self._tensor_model(self._stepping, graph)
             if model is None:
                 return
             self._found(model, self._stepping)
@@ -223,6 +226,8 @@ class ScriptWatcher:
         self._stepping = optimizer
         if self.doctor is None or self.doctor.optimizer is None:
             model = self._model_for(optimizer)
+            if model is None and isinstance(getattr(self.doctor, "model", None), TensorModel):
+                model = self._tensor_model(optimizer, None)  # its leaf tensors, now under an optimizer
             if model is None:
                 return  # a closure optimizer: the model is found at the closure's backward
             if self.doctor is not None:  # the provisional watcher of the first backward passes
@@ -254,9 +259,35 @@ class ScriptWatcher:
         names = {id(v): k for k, v in self.namespace.items() if isinstance(v, nn.Module) and "." not in k}
         return nn.ModuleDict({names.get(id(m), f"{type(m).__name__}_{i}"): m for i, m in enumerate(roots)})
 
+    def _tensor_model(self, optimizer, graph) -> "TensorModel | None":
+        """The leaf tensors that are trained: the optimizer's, or those the loss's backward reached."""
+        if optimizer is not None:
+            tensors = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
+        else:
+            tensors = graph_leaves(graph)
+        if not tensors:
+            return None
+        names = {}
+        for key, value in self.namespace.items():
+            if isinstance(value, torch.Tensor):
+                names.setdefault(id(value), key)
+            elif isinstance(value, (list, tuple, dict)) and not key.startswith("_"):
+                items = value.items() if isinstance(value, dict) else enumerate(value)
+                for k, v in items:
+                    if isinstance(v, torch.Tensor):
+                        names.setdefault(id(v), f"{key}[{k!r}]")
+        return TensorModel({names.get(id(t), f"tensor_{i}"): t for i, t in enumerate(tensors)})
+
     def _found(self, model: nn.Module, optimizer) -> None:
         kind = DistributedDoctor if distributed_world() else Doctor
-        self.doctor = kind(model, optimizer, **self.options)
+        if isinstance(model, TensorModel):  # nothing to copy and run: the checks need a module
+            self.doctor = kind(model, optimizer, **{**self.options, "capture": None}, examine=False)
+            self.doctor.preflight_notes.append(
+                f"The model is made of plain tensors ({', '.join(list(model._tensors)[:6])}), not an nn.Module: "
+                "the pre-flight checks, which run a copy of a module, were skipped; the training is watched "
+                "from those tensors' gradients and updates.")
+        else:
+            self.doctor = kind(model, optimizer, **self.options)
         self.doctor.attach()
         self._remove_module_hooks()  # the candidates are known; the steps need no module hook
 
@@ -307,6 +338,39 @@ class ScriptWatcher:
         if ended:
             meta["ended"] = ended
         return Report(findings=[finding], meta=meta, notes=list(self.notes))
+
+
+class TensorModel(nn.Module):
+    """A model made of plain tensors (a hand-written `forward(x) = x @ W1 + b1 ...`), shown to
+    the watcher as one module whose parameters are those leaf tensors. Nothing is wrapped or
+    copied: the tensors are the script's own, and no forward of this module ever runs."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        super().__init__()
+        self._tensors = tensors
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
+        for name, tensor in self._tensors.items():
+            yield (f"{prefix}.{name}" if prefix else name), tensor
+
+    def forward(self, *args):
+        raise RuntimeError("a TensorModel only names the script's tensors; it is never called")
+
+
+def graph_leaves(graph, limit: int = 100_000) -> list[torch.Tensor]:
+    """The leaf tensors that require grad under an autograd graph (its AccumulateGrad nodes)."""
+    leaves, seen, stack = [], set(), [graph] if graph is not None else []
+    while stack and len(seen) < limit:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        variable = getattr(node, "variable", None)
+        if isinstance(variable, torch.Tensor):
+            leaves.append(variable)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    leaves.reverse()
+    return leaves
 
 
 # ---- running the script ---------------------------------------------------------------
