@@ -341,3 +341,55 @@ def test_training_without_an_nn_module_is_watched_from_its_leaf_tensors(tmp_path
     assert "grad_norm/W1" in report.series
     _, diverging = watched(tmp_path, TENSORS, ["50"])
     assert diverging.root.code == "lr.too_high"
+
+
+# ---- Lightning --------------------------------------------------------------------------------
+def test_lightning_names_softmax_before_cross_entropy_at_the_first_step_and_logs_it_live(tmp_path):
+    pl = pytest.importorskip("lightning.pytorch")
+    from lightning.pytorch.loggers import Logger
+
+    from nndoctor.integrations.lightning import DoctorCallback
+
+    class Recording(Logger):
+        def __init__(self):
+            super().__init__()
+            self.metrics = []
+
+        name, version = "recording", 0
+
+        def log_metrics(self, metrics, step=None):
+            self.metrics.append((step, dict(metrics)))
+
+        def log_hyperparams(self, *args, **kwargs):
+            pass
+
+    class Classifier(pl.LightningModule):
+        def __init__(self, softmax: bool):
+            super().__init__()
+            self.softmax = softmax
+            self.fc1, self.fc2 = nn.Linear(20, 64), nn.Linear(64, 5)
+
+        def forward(self, x):
+            out = self.fc2(F.relu(self.fc1(x)))
+            return F.softmax(out, dim=1) if self.softmax else out
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return F.cross_entropy(self(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    X, y = data()
+    for softmax in (True, False):
+        torch.manual_seed(0)
+        logger, callback = Recording(), DoctorCallback(out=None, print_report=False)
+        trainer = pl.Trainer(max_epochs=2, callbacks=[callback], logger=logger, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=32, shuffle=True)
+        trainer.fit(Classifier(softmax), loader)
+        if softmax:
+            assert callback.report.root.code == "output.activation_mismatch"
+            assert (0, {"nndoctor/output.activation_mismatch": 1.0}) in logger.metrics  # said at step 0
+        else:
+            assert problems(callback.report) == []

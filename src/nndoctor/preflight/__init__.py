@@ -49,6 +49,7 @@ MAX_ROWS = 2048   # rows sampled for the data checks: percentiles and class coun
 MAX_VALUES = 4_000_000  # ... unless the rows are large (images): then as many rows as fit 16 MB of float32, at least 64
 TRACE_ROWS = 64   # rows traced through the model: enough for per-unit spread and a loss estimate
 LARGE_MODEL = 2_000_000  # parameters: above this, a watcher skips the learning probes (each costs seconds there)
+HUGE_MODEL = 100_000_000  # ... and above this the whole examination: its copy would double the model's memory
 
 
 def checkup(model, train_data, loss_fn=None, val_data=None, batch_size=None) -> Report:
@@ -68,6 +69,9 @@ def examine_captured(captured):
                "no loss on the model's output was found" if y is None else "the target has another row count")
         return [], [f"The pre-flight checks did not run at the first step: {why}.", *captured.notes], {}
     size = sum(p.numel() for p in captured.model.parameters())
+    if size > HUGE_MODEL:
+        return [], [f"The pre-flight checks did not run at the first step: the model has {size:,} parameters and "
+                    "its copy would double their memory; run nndoctor.checkup() on a smaller configuration."], {}
     findings, notes, meta = run_checks(captured.model, (x, y), captured.loss_fn, probes=size <= LARGE_MODEL)
     if size > LARGE_MODEL:
         notes.append(f"The overfit and no-signal tests were skipped at the first step: the model has {size:,} "
