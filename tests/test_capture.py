@@ -208,7 +208,7 @@ def test_hand_written_loss_is_replayed_from_the_traced_ops():
         loss.backward()
         case = capture.case()
     finally:
-        capture.remove()
+        capture.finish()
     assert isinstance(case.loss_fn, Replay) and torch.equal(case.target, y[:32])
     assert torch.allclose(case.loss_fn(out.detach(), y[:32]), loss.detach() * 4)
     assert torch.allclose(case.loss_fn(out.detach()[:8], y[:8]), hand_written_ce(out.detach()[:8], y[:8]))

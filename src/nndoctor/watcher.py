@@ -247,7 +247,7 @@ class Doctor:
             handle.remove()
         self._handles = []
         if self.capture is not None and self._own_capture:
-            self.capture.remove()
+            self.capture.finish()
         self._sample_hooks(False)
         if self.active:
             self.flush()

@@ -74,8 +74,7 @@ def is_examining() -> bool:
 class Captured:
     """What the first training step held. `target`/`loss_fn` are None when no loss was found."""
     model: nn.Module
-    inputs: tuple
-    kwargs: dict
+    inputs: tuple                          # the positional inputs of its call (keyword inputs are not seen)
     output: torch.Tensor | None
     target: torch.Tensor | None = None
     loss_fn: object = None
@@ -84,8 +83,8 @@ class Captured:
 
     @property
     def x(self) -> torch.Tensor | None:
-        """The batch as checkup takes it: one tensor input, no keyword inputs."""
-        if len(self.inputs) == 1 and not self.kwargs and isinstance(self.inputs[0], torch.Tensor):
+        """The batch as checkup takes it: one tensor input."""
+        if len(self.inputs) == 1 and isinstance(self.inputs[0], torch.Tensor):
             return self.inputs[0]
         return None
 
@@ -155,10 +154,6 @@ def _name(func) -> str:
     return getattr(func, "__name__", "")
 
 
-def _flat(value):
-    return list(value) if isinstance(value, (tuple, list)) else [value]
-
-
 def _tensors(value):
     if isinstance(value, torch.Tensor):
         yield value
@@ -185,7 +180,7 @@ class CaseCapture(TorchFunctionMode):
         self.model = model
         self._members = {id(m) for m in model.modules()} if model is not None else None
         self._depth = 0
-        self._calls: dict[int, tuple] = {}    # id(output) -> (module, inputs, kwargs, output)
+        self._calls: dict[int, tuple] = {}    # id(output) -> (module, inputs, output)
         self._ops: list[_Op] = []
         self._made: dict[int, int] = {}        # id(tensor) -> index of the op that made it
         self._derived: set[int] = set()        # ids of tensors computed from a model output
@@ -207,30 +202,23 @@ class CaseCapture(TorchFunctionMode):
         self._entered = True
 
     def finish(self) -> None:
-        """Stop capturing: remove the hooks, leave the mode when it is innermost (else it passes
-        everything through until `remove()`), drop every tensor held."""
+        """Stop capturing: remove the hooks, drop every tensor held, leave the mode when it is
+        innermost (else it passes everything through, and is left at a later call)."""
         self.done = True
         for handle in self._handles:
             handle.remove()
         self._handles = []
         self._calls, self._ops, self._made, self._reached, self._derived = {}, [], {}, set(), set()
-        self._leave_mode(innermost_only=True)
+        self._leave_mode()
 
-    def remove(self) -> None:
-        self.finish()
-        self._leave_mode(innermost_only=False)
-
-    def _leave_mode(self, innermost_only: bool) -> None:
+    def _leave_mode(self) -> None:
         if not self._entered:
             return
         from torch.overrides import _get_current_function_mode_stack
         stack = _get_current_function_mode_stack()
-        if stack and stack[-1] is self:
+        if stack and stack[-1] is self:  # else a mode entered after ours is active: ours stays, inert
             self.__exit__(None, None, None)
             self._entered = False
-        elif not innermost_only and self in stack:
-            # another mode was entered after ours and is still active: leave ours in place, inert
-            pass
 
     # ---- module hooks ---------------------------------------------------------------
     def _wanted(self, module: nn.Module) -> bool:
@@ -260,7 +248,7 @@ class CaseCapture(TorchFunctionMode):
             return
         if isinstance(module, nn.parallel.DistributedDataParallel):
             module = module.module
-        self._calls[id(out)] = (module, _detached(args), {}, out)
+        self._calls[id(out)] = (module, _detached(args), out)
 
     # ---- the function mode ------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -336,10 +324,10 @@ class CaseCapture(TorchFunctionMode):
             captured = self._walk(index)
             if captured is not None:
                 return captured
-        module, inputs, kwargs, out = next(iter(self._calls.values()))
+        module, inputs, out = next(iter(self._calls.values()))
         note = ("the loss of the first step was not found among the traced ops"
                 + (" (too many ops before the first step)" if self.overflow else ""))
-        return Captured(module, inputs, kwargs, out.detach(), notes=[note])
+        return Captured(module, inputs, out.detach(), notes=[note])
 
     def _roots(self, reached: list[int]) -> list[int]:
         """The backpropagated scalars no other one was computed from (the loss backward() was
@@ -390,7 +378,7 @@ class CaseCapture(TorchFunctionMode):
         outputs = [t for t in leaves if id(t) in self._calls]
         if not outputs:
             return None
-        module, inputs, kwargs, out = self._calls[id(outputs[0])]
+        module, inputs, out = self._calls[id(outputs[0])]
         rows = out.shape[0] if out.dim() else None
         others = {id(t): t for t in leaves if id(t) not in self._calls and not t.requires_grad
                   and t.dim() and t.shape[0] == rows}
@@ -399,9 +387,9 @@ class CaseCapture(TorchFunctionMode):
         if loss is not None and len(needed) == 1 and len(op.args) >= 2 \
                 and isinstance(op.args[0], _Leaf) and op.args[0].tensor is out and isinstance(op.args[1], _Leaf):
             target = op.args[1].tensor  # the loss applied to the output itself: the loss is the module
-            return Captured(module, inputs, kwargs, out.detach(), target.detach(), loss)
+            return Captured(module, inputs, out.detach(), target.detach(), loss)
         if len(others) != 1:
-            return Captured(module, inputs, kwargs, out.detach(),
+            return Captured(module, inputs, out.detach(),
                             notes=[f"the target of the loss could not be told apart ({len(others)} candidates)"])
         (target_id, target), = others.items()
         order = sorted(needed)
@@ -416,7 +404,7 @@ class CaseCapture(TorchFunctionMode):
                 for k, t in enumerate(o.result):
                     if isinstance(t, torch.Tensor):
                         refs.setdefault(id(t), (2 + n, k))
-        return Captured(module, inputs, kwargs, out.detach(), target.detach(), Replay(steps, loss))
+        return Captured(module, inputs, out.detach(), target.detach(), Replay(steps, loss))
 
     def _failed_case(self) -> Captured | None:
         loss, output, target, error = self._failed
@@ -426,8 +414,8 @@ class CaseCapture(TorchFunctionMode):
                 return None
             call = next(iter(self._calls.values()))
             loss, target = None, None
-        module, inputs, kwargs, out = call
-        return Captured(module, inputs, kwargs, out.detach(),
+        module, inputs, out = call
+        return Captured(module, inputs, out.detach(),
                         target.detach() if isinstance(target, torch.Tensor) else None, loss, error=error)
 
 

@@ -89,7 +89,7 @@ class ScriptWatcher:
             torch.distributed.destroy_process_group = self._wrapped_destroy
 
     def remove(self) -> None:
-        self.capture.remove()
+        self.capture.finish()
         self._remove_module_hooks()
         for handle in self._optimizer_hooks:
             handle.remove()
