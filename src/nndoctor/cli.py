@@ -56,6 +56,9 @@ def build_parser() -> Parser:
     watch.add_argument("--out", metavar="DIR",
                        help=f"folder for report.json and report.html (default: a fresh {RUNS}/SCRIPT-TIME/ "
                             f"for every run, never overwritten, and a copy of the latest in {LATEST}/)")
+    watch.add_argument("--fail-on", choices=("error", "warning"), default=None, metavar="LEVEL",
+                       help="stop the script at the first finding of this severity (error or warning) and exit "
+                            "non-zero (3) when such findings exist: a CI gate")
     watch.add_argument("script", metavar="SCRIPT.py", help="the training script")
     watch.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="the script's own arguments")
     show = sub.add_parser("show", help="print a saved report (REPORT.json); --html writes the page",
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "compare":
             return compare(args.a, args.b, args.html)
         if args.command == "watch":
-            return watch(args.script, args.args, args.out)
+            return watch(args.script, args.args, args.out, args.fail_on)
         from .demo import run_demo, run_repair_demo
         if args.repair:
             return run_repair_demo(out=Path(args.out), only=args.only)
@@ -112,7 +115,7 @@ def load_report(path: str):
         raise UsageError(f"{path} is not an nndoctor report: {exc}") from None
 
 
-def watch(script: str, script_args: list[str], out: str | None) -> int:
+def watch(script: str, script_args: list[str], out: str | None, fail_on: str | None = None) -> int:
     path = Path(script)
     if not path.is_file():
         print(f"nndoctor: error: {'not a file' if path.exists() else 'no such file'}: {script}", file=sys.stderr)
@@ -127,7 +130,7 @@ def watch(script: str, script_args: list[str], out: str | None) -> int:
         print(f"nndoctor: error: cannot write the report to {out or folder}: {problem}", file=sys.stderr)
         return EXIT_INPUT
     from .integrations.script import run
-    status = run(script, script_args, out=folder)
+    status = run(script, script_args, out=folder, fail_on=fail_on)
     if out is None and reporting and (folder / "report.json").is_file():
         latest = LATEST.resolve()
         try:

@@ -15,9 +15,10 @@ from torch import nn
 from .analysis import examine, initial_weights
 from .data import as_loader, check_data, sample
 from .findings import Finding, Report
-from .preflight import run_checks
+from .preflight import describe_targets, run_checks
+from .preflight.crash import explain_crash
 from .report.terminal import progress
-from .rules import attribute_depth, fold, withdraw_contradicted
+from .rules import fold
 from .sandbox import foreign_hooks_silenced, modes_kept, state_kept
 from .watcher import Doctor
 
@@ -42,22 +43,27 @@ def diagnose(model, train_data, loss_fn=None, optimizer=None, val_data=None, ste
     pre_findings, notes, meta = run_checks(model, train_data, loss_fn, val_data, batch_size)
     targets = describe_targets(train_data, loss_fn)
     devices = [d for d in {p.device for p in model.parameters()} if d.type == "cuda"]
+    # the pre-flight examination above is the case this doctor reads (it ran on the whole data)
     doctor = Doctor(model, optimizer, sample_every=max(1, min(10, steps // 100)), flush_every=20,
-                    planned_steps=steps, judge_share=JUDGE_SHARE)
-    doctor.targets = targets
+                    planned_steps=steps, judge_share=JUDGE_SHARE, examine=False, live=False)
+    doctor.targets, doctor.preflight = targets, pre_findings
     initial = initial_weights(model) if deep else None
     with torch.random.fork_rng(devices=devices), modes_kept(model):
         torch.manual_seed(seed)
         with doctor, progress(f"diagnose: training {type(model).__name__}", total=steps) as advance:
-            trained, failure = _train(model, loader, loss_fn, optimizer, doctor, steps, val_loader, advance)
+            trained, error, val_error = _train(model, loader, loss_fn, optimizer, doctor, steps, val_loader, advance)
         doctor.extra.update(dropout_probe(model, loader, loss_fn))
+    doctor.preflight = reconcile(doctor.preflight, doctor._series(), targets, notes)
     report = doctor.report()
-    pre_findings = reconcile(pre_findings, report, targets, notes)
-    findings = attribute_depth(withdraw_contradicted(pre_findings + report.findings, notes), notes)
-    if failure is not None and not any(f.code == failure.code for f in findings):
-        findings.insert(0, failure)
+    findings = report.findings
+    for exc in (error, val_error):
+        failure = explain_crash(exc, trained, findings) if exc is not None else None
+        if failure is not None and not any(f.code == failure.code for f in findings):
+            findings.insert(0, failure)
     fold(findings)
-    if trained < steps and failure is None:
+    if error is not None:
+        notes.append(f"stopped after {trained} of {steps} steps on an error: {type(error).__name__}: {error}"[:400])
+    elif trained < steps:
         notes.append(f"stopped after {trained} of {steps} steps: the loss stayed non-finite")
     meta.update(report.meta, steps_planned=steps, steps_trained=trained, batch_size=loader.batch_size,
                 seconds=round(time.perf_counter() - started, 3),
@@ -71,19 +77,20 @@ def diagnose(model, train_data, loss_fn=None, optimizer=None, val_data=None, ste
     return report
 
 
-def reconcile(pre_findings: list[Finding], report: Report, targets: dict | None, notes: list[str]) -> list[Finding]:
+def reconcile(pre_findings: list[Finding], series: dict, targets: dict | None, notes: list[str]) -> list[Finding]:
     """Let the run overrule a pre-flight suspicion it disproves. The no-signal test rests on a
     40-step fit; a model that learns slowly (a transformer, an RNN) can fail it on good data.
     If the full run then gets well below the label-prior baseline on held-out data (or on the
     training data when there is none), the inputs evidently carry signal."""
     baseline = (targets or {}).get("baseline")
-    series = report.series.get("val_loss") or report.series.get("loss")
+    held_out = "val_loss" in series
+    series = series.get("val_loss") or series.get("loss")
     if not baseline or not series or not any(f.code == "data.no_signal" for f in pre_findings):
         return pre_findings
     values = [v for v in series["value"] if isinstance(v, float) and math.isfinite(v)]
     # held-out data beating the baseline at any point proves signal; training data only at the end
     # (a net can memorize even shuffled labels on the way)
-    reached = min(values if "val_loss" in report.series else values[-3:], default=math.inf)
+    reached = min(values if held_out else values[-3:], default=math.inf)
     if reached <= LEARNED * baseline:
         notes.append(f"data.no_signal withdrawn: the run reached a loss of {reached:.3g}, "
                      f"below the label-prior baseline {baseline:.3g}, so the inputs do carry signal")
@@ -126,13 +133,14 @@ def _split(batch, device):
 
 def _train(model, loader, loss_fn, optimizer, doctor: Doctor, steps: int, val_loader, advance=lambda: None):
     """Train for `steps` steps (`advance()` after each, for the progress bar). Returns
-    (steps trained, a Finding if the setup crashed, or if validating on `val_loader` did)."""
+    (steps trained, the exception if the setup crashed, the exception if validating on
+    `val_loader` did: training goes on without validation then)."""
     device = next(model.parameters()).device
     val_every = max(1, steps // VALIDATIONS)
     if not model.training:  # handed over in eval mode; a submodule the user froze in eval stays so
         model.train()
     step, batches = 0, iter(loader)
-    val_failure = None
+    val_error = None
     while step < steps:
         try:
             batch = next(batches)
@@ -148,7 +156,7 @@ def _train(model, loader, loss_fn, optimizer, doctor: Doctor, steps: int, val_lo
             loss.backward()
             optimizer.step()
         except Exception as exc:  # a broken setup is a finding, never a crash
-            return step, crash_finding(exc, step)
+            return step, exc, val_error
         doctor.log(loss=loss)
         step += 1
         advance()
@@ -156,10 +164,10 @@ def _train(model, loader, loss_fn, optimizer, doctor: Doctor, steps: int, val_lo
             try:
                 doctor.log(val_loss=evaluate(model, val_loader, loss_fn, device))
             except Exception as exc:  # broken validation data is a finding; training goes on without it
-                val_failure, val_loader = crash_finding(exc, step), None
+                val_error, val_loader = exc, None
         if step % doctor.flush_every == 0 and doctor.diverged():
             break
-    return step, val_failure
+    return step, None, val_error
 
 
 @torch.no_grad()
@@ -175,50 +183,6 @@ def evaluate(model, loader, loss_fn, device, max_batches: int = 8) -> float:
             total += float(loss_fn(model(x), y))
             count += 1
     return total / count if count else float("nan")
-
-
-def crash_finding(exc: Exception, step: int) -> Finding:
-    text = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-    lowered = text.lower()
-    if isinstance(exc, IndexError) or "out of bounds" in lowered or "target" in lowered and "range" in lowered:
-        return Finding.make("data.labels_out_of_range",
-                            f"The loss failed on the labels at step {step}: {text}", evidence={"error": text})
-    if any(k in lowered for k in ("size of tensor", "shape", "must match", "same size", "broadcast")):
-        return Finding.make("loss.shape_mismatch", f"Output and target shapes do not fit at step {step}: {text}",
-                            evidence={"error": text})
-    return Finding.make("run.failed", f"Training stopped at step {step} on an error: {text}",
-                        evidence={"error": text, "step": step}, step=step)
-
-
-def describe_targets(train_data, loss_fn) -> dict | None:
-    """The labels' shape and the loss of a predictor that ignores its input (the baseline)."""
-    rows = sample(train_data, max_rows=4096)
-    if rows is None or not isinstance(rows[1], torch.Tensor):
-        return None
-    y = rows[1]
-    try:
-        if not y.is_floating_point() and y.dim() == 1 and y.numel() and int(y.min()) >= 0:
-            counts = torch.bincount(y.long()).double()
-            prior = counts / counts.sum()
-            info = {"kind": "classes", "classes": int(counts.numel()), "top_share": float(prior.max())}
-            if isinstance(loss_fn, (nn.CrossEntropyLoss, nn.NLLLoss)):
-                nz = prior[prior > 0]
-                info["baseline"] = float(-(nz * nz.log()).sum())
-            return info
-        if y.is_floating_point() and y.numel() > 1:
-            y = y.double()
-            info = {"kind": "values", "std": float(y.std())}
-            if isinstance(loss_fn, nn.MSELoss):
-                info["baseline"] = float(((y - y.mean(0)) ** 2).mean())
-            elif isinstance(loss_fn, nn.L1Loss):
-                info["baseline"] = float((y - y.median()).abs().mean())
-            elif isinstance(loss_fn, (nn.BCELoss, nn.BCEWithLogitsLoss)) and 0 <= float(y.min()) and float(y.max()) <= 1:
-                p = float(y.mean().clamp(1e-6, 1 - 1e-6))
-                info["baseline"] = -(p * math.log(p) + (1 - p) * math.log(1 - p))
-            return info
-    except (RuntimeError, ValueError):
-        return None
-    return None
 
 
 def dropout_probe(model, loader, loss_fn) -> dict:

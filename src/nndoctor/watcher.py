@@ -11,6 +11,10 @@ history and the rules run, so a diverging run is named within tens of steps. Any
 in the doctor's own code is reported once as a warning and switches watching off; the
 user's training goes on. What cannot be watched (a ScriptModule takes no forward hooks, a
 lazy module has no parameters before its first forward) is left out and noted, never raised.
+At the first training step the capture path (`collect/case.py`) holds the model, the batch,
+the output, the target and the loss; the pre-flight checks (the ones `checkup()` runs) examine
+that case on copies, and their findings join the rules' at every verdict. Each warning or
+error is said once, when first confirmed (`live.py`); `fail_on` stops a doomed run.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import functools
 import sys
 import time
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -25,6 +30,7 @@ from torch import nn
 
 from .collect.activations import ActivationCollector
 from .collect.buffer import StepBuffer
+from .collect.case import CaseCapture, is_examining
 from .collect.forwards import ForwardCollector
 from .collect.gradients import GradientCollector, local_tensor
 from .collect.histograms import HistogramCollector
@@ -34,15 +40,16 @@ from .collect.recurrent import sensitivity_through_time
 from .collect.updates import UpdateCollector
 from .findings import Finding, Report
 from .history import History
+from .live import Live
 from .names import module_types, name_modules
-from .rules import Run, judge
+from .rules import Run, attribute_depth, fold, judge, withdraw_contradicted
 
 
 def guarded(method):
     """Run a doctor method; on our own exception, warn once and stop watching."""
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        if not self.active:
+        if not self.active or is_examining() and method.__name__ != "examine_first_step":
             return None
         try:
             return method(self, *args, **kwargs)
@@ -66,6 +73,7 @@ def warn_safely(message: str) -> None:
 
 
 PROBE_EVERY = 5     # flushes between through-time probes of recurrent modules (one small backward each)
+EXAMINE_WITHIN = 3  # steps to wait for the first model call before giving up the pre-flight checks
 JUDGE_SHARE = 0.005  # in the user's loop, the rules run at a flush only while they have cost < 0.5% of the time
 
 
@@ -92,7 +100,8 @@ class Doctor:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
                  sample_every: int = 20, flush_every: int = 50, planned_steps: int | None = None,
                  judge_share: float = JUDGE_SHARE, step_hooks: bool = True,
-                 reducer=None, sinks=(), tensorboard=None, mlflow=None, wandb=None):
+                 reducer=None, sinks=(), tensorboard=None, mlflow=None, wandb=None, examine: bool = True,
+                 capture: CaseCapture | None = None, live: Live | bool = True, fail_on: str | None = None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"watch() needs a torch.nn.Module, not {type(model).__name__}")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
@@ -111,6 +120,11 @@ class Doctor:
         self.step_hooks = step_hooks
         self.reducer = reducer
         self.sinks = list(sinks)
+        # examine=False: the caller ran the pre-flight itself (diagnose) and sets `preflight`.
+        # capture: a capture path installed by the caller (nndoctor watch) and shared with it.
+        self.capture = capture if capture is not None else (CaseCapture(model) if examine else None)
+        self._own_capture = capture is None
+        self.live = live if isinstance(live, Live) else Live(echo=bool(live), fail_on=fail_on)
         if tensorboard is not None:
             from .integrations.tensorboard import TensorBoardSink
             self.sinks.append(TensorBoardSink(tensorboard))
@@ -130,6 +144,10 @@ class Doctor:
         self.extra: dict = {}               # evidence measured outside the hooks (diagnose's probes)
         self.shapes: dict = {}              # param name -> whole shape where a parameter is a shard (FSDP1)
         self.findings: list[Finding] = []   # live: the verdict as of the last flush
+        self.preflight: list[Finding] = []  # the pre-flight findings on the first step's case
+        self.preflight_notes: list[str] = []
+        self.checkup_meta: dict = {}
+        self._examine_pending = self.capture is not None
         self._first_seen: dict[str, int] = {}
         self._logged: dict[str, int] = {}
         self._scalars = StepBuffer()
@@ -189,9 +207,11 @@ class Doctor:
     @guarded
     def attach(self) -> None:
         h = self._handles
+        if self.capture is not None and self._own_capture and not self.capture.done:
+            self.capture.install()
         if self.optimizer is not None and self.step_hooks:
             h.append(self.optimizer.register_step_pre_hook(self._before_step))
-            h.append(self.optimizer.register_step_post_hook(self._after_step))
+            h.append(self.optimizer.register_step_post_hook(self._after_step_hook))
         h += self._forward_hook(self.model, [self.sentinel.on_input], pre=True)
         h += self._forward_hook(self.model, [self.forwards.on_forward])
         for module, hook in self.sentinel.modules():
@@ -235,14 +255,17 @@ class Doctor:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        if self.capture is not None and self._own_capture:
+            self.capture.finish()
         self._sample_hooks(False)
         if self.active:
             self.flush()
 
     def _guard_hook(self, fns: list):
-        """A hook that runs `fns` under the guard and always returns None (changes nothing)."""
+        """A hook that runs `fns` under the guard and always returns None (changes nothing).
+        It stays silent while the pre-flight checks run on copies (they carry this hook)."""
         def hook(*args):
-            if self.active:
+            if self.active and not is_examining():
                 try:
                     for fn in fns:
                         fn(*args)
@@ -301,7 +324,7 @@ class Doctor:
 
     def _report(self) -> Report:
         findings = self._judge(final=True)
-        notes = list(self.notes)
+        notes = self.preflight_notes + list(self.notes)
         if self.failure:
             notes.append(f"watching stopped early after an internal error: {self.failure}")
         meta = {"steps": self.step, "losses_logged": self._logged.get("loss", 0),
@@ -311,8 +334,44 @@ class Doctor:
                 "watch_seconds": round(time.perf_counter() - self._started, 3),
                 "sample_every": self.sample_every, "flush_every": self.flush_every,
                 "module_order": list(self.sentinel.order),  # input -> output, for the report's plots
-                **run_facts(self.model, self._started_at, self._initial_lrs)}
+                **run_facts(self.model, self._started_at, self._initial_lrs),
+                **self.checkup_meta}
         return Report(findings=findings, meta=meta, notes=notes, series=self._series())
+
+    # ---- the first step's case -------------------------------------------------------
+    @guarded
+    def examine_first_step(self) -> None:
+        """Run the pre-flight checks on the case the capture path holds (once; a capture shared
+        with an earlier watcher of the same run hands over its examination)."""
+        capture, self._examine_pending = self.capture, False
+        if capture is None:
+            return
+        examined = capture.examine()
+        if examined is None:  # no model call yet (a closure optimizer calls it inside step()): next step
+            if self.step < EXAMINE_WITHIN:
+                self._examine_pending = True
+            else:
+                capture.finish()
+                self.preflight_notes.append("The pre-flight checks did not run: no call of the model was seen "
+                                            f"in the first {EXAMINE_WITHIN} steps.")
+            return
+        self.preflight, self.preflight_notes, self.checkup_meta, targets = examined
+        if self.targets is None:
+            self.targets = targets
+        self.live.say(self._merged([], []))
+
+    def _merged(self, findings: list[Finding], notes: list[str]) -> list[Finding]:
+        """The pre-flight findings (fresh copies) with the rules', reconciled as diagnose does."""
+        if not self.preflight:
+            return findings
+        merged = [replace(f, cause=None) for f in self.preflight] + findings
+        merged = attribute_depth(withdraw_contradicted(merged, notes), notes)
+        fold(merged)
+        return merged
+
+    def _after_step_hook(self, optimizer, args, kwargs) -> None:
+        self._after_step(optimizer, args, kwargs)
+        self.live.raise_if_doomed()  # outside the guard: stopping the run is the user's wish
 
     # ---- optimizer hooks -------------------------------------------------------------
     @guarded
@@ -320,6 +379,8 @@ class Doctor:
         step = self.step
         if self._lazy:
             self._watch_parameters()
+        if self._examine_pending:
+            self.examine_first_step()
         sampled = step % self.sample_every == 0
         self.sentinel.end_step(step)
         self.loop.on_step(step)
@@ -338,6 +399,8 @@ class Doctor:
     def _step_without_optimizer(self) -> None:
         if self._lazy:
             self._watch_parameters()
+        if self._examine_pending:
+            self.examine_first_step()
         self.sentinel.end_step(self.step)
         if self.step % self.sample_every == 0:
             self.grads.on_step(self.step)
@@ -425,8 +488,10 @@ class Doctor:
         for f in findings:
             self._first_seen.setdefault(f.code, f.step if f.step is not None else self.step)
             f.step = min(self._first_seen[f.code], f.step) if f.step is not None else self._first_seen[f.code]
+        findings = self._merged(findings, notes)
         if final:
             self.notes = [n for n in self.notes if not n.startswith("rule ")] + notes
+        self.live.say(findings)
         return findings
 
     def _none_counts(self) -> dict[str, int]:

@@ -11,7 +11,10 @@ out such steps in a plain loop; it is detected on the sampled steps, where the g
 read (one look at the scaler's flag per `sample_every` steps). The loss of each optimizer
 step is the mean of its micro-batches' losses.
 
-At the end of training the report is written to `out` (on global rank 0), printed, and
+Each warning or error is logged when first confirmed (`nndoctor/<code>` = 1 for an error,
+0.5 for a warning, and its line as text where the logger takes text); `fail_on="error"`
+stops the fit at the first such finding. At the end of training the report is written to
+`out` (on global rank 0), printed, and
 summarized to every logger of the trainer: `nndoctor/problems` and one `nndoctor/<code>`
 metric per finding, plus the findings as text where the logger takes text (TensorBoard).
 Needs `pip install "nndoctor[lightning]"`.
@@ -28,6 +31,7 @@ except ImportError:  # the standalone package of the same framework
     from pytorch_lightning.callbacks import Callback
 
 from ..findings import Report
+from ..live import line_text
 from ..watcher import Doctor
 from .tensorboard import findings_markdown
 
@@ -54,6 +58,7 @@ class DoctorCallback(Callback):
         self.doctor = Doctor(pl_module, self._optimizer, step_hooks=False, planned_steps=planned, **self.options)
         if trainer.gradient_clip_val and (trainer.gradient_clip_algorithm or "norm") == "norm":
             self.doctor.extra["pre_clip_limit"] = float(trainer.gradient_clip_val)  # read before Lightning clips
+        self.doctor.live.listeners.append(lambda finding: self._log_live(trainer, finding))
         if len(trainer.optimizers) > 1:
             self.doctor.notes.append(f"only the first of {len(trainer.optimizers)} optimizers is watched")
         self.doctor.attach()
@@ -88,6 +93,7 @@ class DoctorCallback(Callback):
             if self._losses:
                 doctor.log(loss=torch.stack(self._losses).mean())
             self._losses = []
+            doctor.live.raise_if_doomed()  # fail_on: Lightning's on_exception writes the report
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         value = trainer.callback_metrics.get(self.val_key)
@@ -95,6 +101,18 @@ class DoctorCallback(Callback):
             self.doctor.log(val_loss=value)
 
     # ---- helpers -------------------------------------------------------------------------
+    @staticmethod
+    def _log_live(trainer, finding) -> None:
+        """A finding confirmed while training goes on, to every logger of the trainer (rank 0)."""
+        if not trainer.is_global_zero:
+            return
+        level = {"error": 1.0, "warning": 0.5}[finding.severity]
+        for logger in trainer.loggers:
+            logger.log_metrics({f"nndoctor/{finding.code}": level}, step=trainer.global_step)
+            add_text = getattr(getattr(logger, "experiment", None), "add_text", None)
+            if callable(add_text):
+                add_text(f"nndoctor/{finding.code}", line_text(finding), trainer.global_step)
+
     @staticmethod
     def _scaler_skips(trainer, optimizer) -> bool:
         """GradScaler found non-finite gradients: it will skip this optimizer step."""

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import builtins
 import os
+import signal
 import sys
+import threading
 import traceback
 import types
 import warnings
@@ -36,7 +38,10 @@ import torch
 from torch import nn
 from torch.amp import GradScaler
 
+from ..collect.case import CaseCapture, is_examining
 from ..findings import Finding, Report
+from ..live import DoomedRun, Live, check_fail_on, fails
+from ..preflight.crash import explain_crash, script_frame
 from ..watcher import Doctor, warn_safely
 from .distributed import DistributedDoctor, distributed_world
 
@@ -44,8 +49,12 @@ from .distributed import DistributedDoctor, distributed_world
 class ScriptWatcher:
     """Finds the model, the optimizer and the loss of a running script and watches them."""
 
-    def __init__(self, namespace: dict | None = None, **options):
-        self.options = options
+    def __init__(self, namespace: dict | None = None, fail_on: str | None = None, **options):
+        # one capture path and one live voice for the whole script: a provisional watcher hands
+        # both on to the one that replaces it
+        self.capture = CaseCapture()
+        self.live = Live(fail_on=check_fail_on(fail_on))
+        self.options = {**options, "capture": self.capture, "live": self.live}
         self.namespace = namespace if namespace is not None else {}
         self.doctor: Doctor | None = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -72,6 +81,7 @@ class ScriptWatcher:
                                  optimizer_hooks.register_optimizer_step_post_hook(self._after_optimizer_step)]
         self._backward = torch.autograd.backward
         torch.autograd.backward = self._wrapped_backward
+        self.capture.install()
         self._scale = GradScaler.scale
         GradScaler.scale = self._scaling_method()
         if torch.distributed.is_available():  # the final exchange must come before the group is gone
@@ -79,6 +89,7 @@ class ScriptWatcher:
             torch.distributed.destroy_process_group = self._wrapped_destroy
 
     def remove(self) -> None:
+        self.capture.finish()
         self._remove_module_hooks()
         for handle in self._optimizer_hooks:
             handle.remove()
@@ -101,6 +112,8 @@ class ScriptWatcher:
     def _guard(self, fn, *args) -> None:
         try:
             fn(*args)
+        except DoomedRun:
+            raise
         except Exception as exc:  # our bug must never stop the script
             self._stop(exc)
 
@@ -108,6 +121,7 @@ class ScriptWatcher:
         """After our own error: stop observing; the wrapped functions pass straight through
         until `remove()` restores them (a DistributedDoctor tells rank 0 it left)."""
         self.broken = True
+        self.capture.finish()
         self._remove_module_hooks()
         for handle in self._optimizer_hooks:
             handle.remove()
@@ -121,18 +135,23 @@ class ScriptWatcher:
 
     # ---- global hooks ----------------------------------------------------------------
     def _enter(self, module, args) -> None:
+        if is_examining():
+            return
         if self._depth == 0 and id(module) not in self._roots and torch.is_grad_enabled() \
                 and any(p.requires_grad for p in module.parameters()):
             self._roots[id(module)] = module
         self._depth += 1
 
     def _leave(self, module, args, output) -> None:
+        if is_examining():
+            return
         self._depth = max(0, self._depth - 1)
 
     def _wrapped_backward(self, tensors, *args, **kwargs):
         result = self._backward(tensors, *args, **kwargs)
-        if not self.broken:
+        if not self.broken and not is_examining():
             self._guard(self._after_backward, tensors)
+            self.live.raise_if_doomed()  # a hand-written update has no optimizer step to stop at
         return result
 
     def _scaling_method(self):
@@ -142,7 +161,7 @@ class ScriptWatcher:
 
         def scale(scaler, outputs):
             scaled = original(scaler, outputs)
-            if isinstance(outputs, torch.Tensor) and isinstance(scaled, torch.Tensor):
+            if not is_examining() and isinstance(outputs, torch.Tensor) and isinstance(scaled, torch.Tensor):
                 watcher._unscaled = (weakref.ref(scaled), outputs.detach())
             return scaled
         return scale
@@ -154,16 +173,23 @@ class ScriptWatcher:
         return self._destroy(*args, **kwargs)
 
     def _before_optimizer_step(self, optimizer, args, kwargs) -> None:
+        if is_examining():
+            return
         self._guard(self._on_step_begin, optimizer)
 
     def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
+        if is_examining():
+            return
         self._guard(self._on_step_end, optimizer)
+        if optimizer is self.optimizer:
+            self.live.raise_if_doomed()
 
     # ---- what each event means -------------------------------------------------------
     def _after_backward(self, tensors) -> None:
         loss = tensors if isinstance(tensors, torch.Tensor) else None
         if loss is None or loss.numel() != 1 or not loss.is_floating_point():
             return  # not a loss (a vector-Jacobian product, several roots): no step to count
+        graph = loss.grad_fn
         if self._unscaled is not None and self._unscaled[0]() is loss:
             loss = self._unscaled[1]
         loss = loss.detach().reshape(())
@@ -171,6 +197,8 @@ class ScriptWatcher:
             self._step_loss = loss
         if self.doctor is None:
             model = self._model_for(self._stepping)
+            if model is None and not self._roots:  # no module at all: a model made of plain tensors
+                model = self._tensor_model(self._stepping, graph)
             if model is None:
                 return
             self._found(model, self._stepping)
@@ -197,6 +225,8 @@ class ScriptWatcher:
         self._stepping = optimizer
         if self.doctor is None or self.doctor.optimizer is None:
             model = self._model_for(optimizer)
+            if model is None and isinstance(getattr(self.doctor, "model", None), TensorModel):
+                model = self._tensor_model(optimizer, None)  # its leaf tensors, now under an optimizer
             if model is None:
                 return  # a closure optimizer: the model is found at the closure's backward
             if self.doctor is not None:  # the provisional watcher of the first backward passes
@@ -228,9 +258,35 @@ class ScriptWatcher:
         names = {id(v): k for k, v in self.namespace.items() if isinstance(v, nn.Module) and "." not in k}
         return nn.ModuleDict({names.get(id(m), f"{type(m).__name__}_{i}"): m for i, m in enumerate(roots)})
 
+    def _tensor_model(self, optimizer, graph) -> "TensorModel | None":
+        """The leaf tensors that are trained: the optimizer's, or those the loss's backward reached."""
+        if optimizer is not None:
+            tensors = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
+        else:
+            tensors = graph_leaves(graph)
+        if not tensors:
+            return None
+        names = {}
+        for key, value in self.namespace.items():
+            if isinstance(value, torch.Tensor):
+                names.setdefault(id(value), key)
+            elif isinstance(value, (list, tuple, dict)) and not key.startswith("_"):
+                items = value.items() if isinstance(value, dict) else enumerate(value)
+                for k, v in items:
+                    if isinstance(v, torch.Tensor):
+                        names.setdefault(id(v), f"{key}[{k!r}]")
+        return TensorModel({names.get(id(t), f"tensor_{i}"): t for i, t in enumerate(tensors)})
+
     def _found(self, model: nn.Module, optimizer) -> None:
         kind = DistributedDoctor if distributed_world() else Doctor
-        self.doctor = kind(model, optimizer, **self.options)
+        if isinstance(model, TensorModel):  # nothing to copy and run: the checks need a module
+            self.doctor = kind(model, optimizer, **{**self.options, "capture": None}, examine=False)
+            self.doctor.preflight_notes.append(
+                f"The model is made of plain tensors ({', '.join(list(model._tensors)[:6])}), not an nn.Module: "
+                "the pre-flight checks, which run a copy of a module, were skipped; the training is watched "
+                "from those tensors' gradients and updates.")
+        else:
+            self.doctor = kind(model, optimizer, **self.options)
         self.doctor.attach()
         self._remove_module_hooks()  # the candidates are known; the steps need no module hook
 
@@ -241,30 +297,95 @@ class ScriptWatcher:
         if isinstance(self.doctor, DistributedDoctor):
             self.doctor.detach()
 
-    def report(self, ended: str | None) -> Report:
-        """The verdict. `ended` says how the script ended when it did not finish normally."""
+    def report(self, ended: str | None, error: BaseException | None = None, path: str | None = None) -> Report:
+        """The verdict. `ended` says how the script ended when it did not finish normally;
+        `error` is the script's own exception, translated into the pitfall behind it."""
         doctor = self.doctor
         if doctor is None:
-            why = f"the script stopped ({ended}) before" if ended else "the script ran to its end without"
-            finding = Finding.make("run.failed", f"No training was seen: {why} a backward() call on a scalar loss.",
-                                   fix="Run the training script itself (the one that calls loss.backward()), "
-                                       "or watch your own loop with nndoctor.watch(model, optimizer).")
-            return Report(findings=[finding], meta={"steps": 0}, notes=list(self.notes))
+            return self._report_without_training(ended, error, path)
         if ended and isinstance(doctor, DistributedDoctor) and doctor.ended_by is None:
             doctor.ended_by = ended  # rank 0 then waits only briefly: the others may be waiting for it
         doctor.detach()
         report = doctor.report()
         report.meta["optimizer"] = type(self.optimizer).__name__ if self.optimizer is not None else "none (hand-written update)"
         report.notes.extend(self.notes)
+        if error is not None and not isinstance(error, DoomedRun):
+            crash = explain_crash(error, doctor.step, report.findings, script_frame(error, path) if path else None)
+            if crash is not None:
+                report = Report(findings=[crash, *report.findings], meta=report.meta, notes=report.notes,
+                                series=report.series)
         if ended:
+            report.meta["ended"] = ended
             report.notes.append(f"the script stopped early ({ended}) after {doctor.step} steps")
         return report
 
+    def _report_without_training(self, ended: str | None, error: BaseException | None, path: str | None) -> Report:
+        """No optimizer step or backward was seen: a crash at the first step (the case it left
+        is examined for the cause), or a script that trains nothing."""
+        examined = self.capture.examine() if error is not None and not self.broken else None
+        findings, notes, meta = (examined[:3] if examined else ([], [], {}))
+        meta = {"steps": 0, **meta}
+        if error is not None:
+            crash = explain_crash(error, 0, findings, script_frame(error, path) if path else None)
+            meta["ended"] = ended
+            return Report(findings=[crash, *findings] if crash else findings, meta=meta, notes=notes + self.notes)
+        why = f"the script stopped ({ended}) before" if ended else "the script ran to its end without"
+        finding = Finding.make("run.failed", f"No training was seen: {why} a backward() call on a scalar loss.",
+                               fix="Nothing trained: make sure the script calls loss.backward() on a scalar loss "
+                                   "(not under torch.no_grad()) and that its training loop runs at all "
+                                   "(an empty dataset or zero epochs stop it before the first step).")
+        if ended:
+            meta["ended"] = ended
+        return Report(findings=[finding], meta=meta, notes=list(self.notes))
+
+
+class TensorModel(nn.Module):
+    """A model made of plain tensors (a hand-written `forward(x) = x @ W1 + b1 ...`), shown to
+    the watcher as one module whose parameters are those leaf tensors. Nothing is wrapped or
+    copied: the tensors are the script's own, and no forward of this module ever runs."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        super().__init__()
+        self._tensors = tensors
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
+        for name, tensor in self._tensors.items():
+            yield (f"{prefix}.{name}" if prefix else name), tensor
+
+    def forward(self, *args):
+        raise RuntimeError("a TensorModel only names the script's tensors; it is never called")
+
+
+def graph_leaves(graph, limit: int = 100_000) -> list[torch.Tensor]:
+    """The leaf tensors that require grad under an autograd graph (its AccumulateGrad nodes)."""
+    leaves, seen, stack = [], set(), [graph] if graph is not None else []
+    while stack and len(seen) < limit:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        variable = getattr(node, "variable", None)
+        if isinstance(variable, torch.Tensor):
+            leaves.append(variable)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    leaves.reverse()
+    return leaves
+
 
 # ---- running the script ---------------------------------------------------------------
-def run(script: str, args: list[str], out: str | Path = "nndoctor-report", **options) -> int:
+class Terminated(BaseException):
+    """SIGTERM (what job schedulers send) turned into an exception, so the report is written."""
+
+
+EXIT_FAILED_CHECK = 3  # --fail-on: the script ran but findings of that severity exist (or stopped it)
+
+
+def run(script: str, args: list[str], out: str | Path = "nndoctor-report", fail_on: str | None = None,
+        **options) -> int:
     """Run `script` under the watcher like `python script args`; print and save the report;
-    return the script's exit status."""
+    return the script's exit status. With `fail_on` ("error" or "warning") the first finding of
+    that severity stops the script, and the status is non-zero when such findings exist."""
+    check_fail_on(fail_on)
     path = os.path.abspath(script)
     with open(path, "rb") as f:
         source = f.read()
@@ -278,8 +399,9 @@ def run(script: str, args: list[str], out: str | Path = "nndoctor-report", **opt
         sys.path[0] = folder
     else:
         sys.path.insert(0, folder)
-    watcher = ScriptWatcher(namespace=main.__dict__, **options)
-    status, ended = 0, None
+    watcher = ScriptWatcher(namespace=main.__dict__, fail_on=fail_on, **options)
+    status, ended, error = 0, None, None
+    saved_sigterm = _on_sigterm()
     watcher.install()
     try:
         code = compile(source, path, "exec", dont_inherit=True)
@@ -291,21 +413,44 @@ def run(script: str, args: list[str], out: str | Path = "nndoctor-report", **opt
     except KeyboardInterrupt as exc:
         _print_script_traceback(exc, path)
         status, ended = 130, "KeyboardInterrupt"
+    except Terminated:
+        status, ended = 143, "SIGTERM"
+    except DoomedRun as exc:
+        print(exc, file=sys.stderr)
+        status, ended = EXIT_FAILED_CHECK, f"stopped by --fail-on {fail_on} at {exc.finding.code}"
     except BaseException as exc:  # the script's own error: print it as Python would
         _print_script_traceback(exc, path)
-        status, ended = 1, f"{type(exc).__name__}: {exc}"
+        status, ended, error = 1, f"{type(exc).__name__}: {exc}", exc
     finally:
         sys.modules["__main__"], sys.argv = saved_main, saved_argv
         if saved_path0 is not None:
             sys.path[0] = saved_path0
+        _restore_sigterm(saved_sigterm)
     try:
-        report = watcher.report(ended)
+        report = watcher.report(ended, error, path)
         report.meta.update(script=script, argv=list(args))  # the page's Run header: what was run
     finally:
         watcher.remove()
     if getattr(watcher.doctor, "rank", 0) == 0:
         _show(report, Path(out))
+    if status == 0 and fail_on is not None and any(fails(f, fail_on) for f in report.findings):
+        status = EXIT_FAILED_CHECK
     return status
+
+
+def _on_sigterm():
+    """Make SIGTERM raise Terminated in the main thread; return the handler it replaces."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminate(signum, frame):
+        raise Terminated()
+    return signal.signal(signal.SIGTERM, terminate)
+
+
+def _restore_sigterm(saved) -> None:
+    if saved is not None:
+        signal.signal(signal.SIGTERM, saved)
 
 
 def _exit_status(code) -> int:

@@ -13,7 +13,8 @@ loss kwargs), each micro-batch loss is already a share of the window's mean and 
 shares are summed (times the number of processes when the count was gathered across
 them); otherwise the micro-batch means are averaged. Validation losses come
 from `on_evaluate` (`eval_loss`). Under torchrun every process watches its replica and rank
-0 writes the report (see `distributed`). Needs `pip install "nndoctor[transformers]"`.
+0 writes the report (see `distributed`). Each warning or error is said when first confirmed, on
+stderr and to the `transformers` logger. Needs `pip install "nndoctor[transformers]"`.
 """
 from __future__ import annotations
 
@@ -21,10 +22,15 @@ from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
+from transformers.utils import logging
 
 from ..findings import Report
+from ..live import Live, line_text
 from ..watcher import Doctor
 from .distributed import DistributedDoctor, distributed_world
+
+
+logger = logging.get_logger("nndoctor")
 
 
 class DoctorCallback(TrainerCallback):
@@ -46,7 +52,11 @@ class DoctorCallback(TrainerCallback):
         optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper -> the torch optimizer
         planned = state.max_steps if state.max_steps and state.max_steps > 0 else None
         kind = DistributedDoctor if distributed_world() else Doctor
-        self.doctor = kind(model, optimizer, planned_steps=planned, **self.options)
+        options = dict(self.options)
+        live = Live(echo=False, fail_on=options.pop("fail_on", None))  # said through the transformers logger
+        self.doctor = kind(model, optimizer, planned_steps=planned, live=live, **options)
+        if state.is_world_process_zero:
+            live.listeners.append(lambda finding: logger.warning("nndoctor: " + line_text(finding)))
         self.doctor.attach()
         self._loss_hook = model.register_forward_hook(self._read_loss, with_kwargs=True)
 

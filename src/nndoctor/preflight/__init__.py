@@ -39,15 +39,17 @@ from . import graph_checks as gc
 from . import model_checks as mc
 from .batch_checks import check_batch_too_large
 from .case import Case
-from .losses import default_loss, loss_kind, run_loss
+from .losses import BINARY, CLASSIFICATION, default_loss, loss_kind, run_loss
 from .overfit import OutOfTime, check_no_signal, check_overfit_batch
 from .structure import probe_copy, trace
 
-__all__ = ["checkup", "run_checks"]
+__all__ = ["checkup", "run_checks", "examine_captured", "describe_targets"]
 
 MAX_ROWS = 2048   # rows sampled for the data checks: percentiles and class counts are stable well before
 MAX_VALUES = 4_000_000  # ... unless the rows are large (images): then as many rows as fit 16 MB of float32, at least 64
 TRACE_ROWS = 64   # rows traced through the model: enough for per-unit spread and a loss estimate
+LARGE_MODEL = 2_000_000  # parameters: above this, a watcher skips the learning probes (each costs seconds there)
+HUGE_MODEL = 100_000_000  # ... and above this the whole examination: its copy would double the model's memory
 
 
 def checkup(model, train_data, loss_fn=None, val_data=None, batch_size=None) -> Report:
@@ -56,9 +58,62 @@ def checkup(model, train_data, loss_fn=None, val_data=None, batch_size=None) -> 
     return Report(findings=findings, meta=meta, notes=notes)
 
 
-def run_checks(model, train_data, loss_fn=None, val_data=None, batch_size=None):
+def examine_captured(captured):
+    """(findings, notes, meta) of the checkup on the first training step a watcher captured
+    (`collect.case.Captured`): the same checks as `checkup()`, on its batch and its loss. The
+    learning probes are skipped on large models (a note says so), so that the first step of a
+    watched run is not held up for seconds."""
+    x, y = captured.x, captured.target
+    if x is None or y is None or len(x) != len(y):
+        why = ("the model takes other inputs than one tensor" if x is None else
+               "no loss on the model's output was found" if y is None else "the target has another row count")
+        return [], [f"The pre-flight checks did not run at the first step: {why}.", *captured.notes], {}
+    size = sum(p.numel() for p in captured.model.parameters())
+    if size > HUGE_MODEL:
+        return [], [f"The pre-flight checks did not run at the first step: the model has {size:,} parameters and "
+                    "its copy would double their memory; run nndoctor.checkup() on a smaller configuration."], {}
+    findings, notes, meta = run_checks(captured.model, (x, y), captured.loss_fn, probes=size <= LARGE_MODEL)
+    if size > LARGE_MODEL:
+        notes.append(f"The overfit and no-signal tests were skipped at the first step: the model has {size:,} "
+                     f"parameters (more than {LARGE_MODEL:,}); run nndoctor.checkup() for them.")
+    meta["checkup"]["at"] = "first training step"
+    return findings, notes + captured.notes, meta
+
+
+def describe_targets(train_data, loss_fn) -> dict | None:
+    """The labels' shape and the loss of a predictor that ignores its input (the baseline)."""
+    rows = sample(train_data, max_rows=4096)
+    if rows is None or not isinstance(rows[1], torch.Tensor):
+        return None
+    y, kind = rows[1], loss_kind(loss_fn)
+    try:
+        if not y.is_floating_point() and y.dim() == 1 and y.numel() and int(y.min()) >= 0:
+            counts = torch.bincount(y.long()).double()
+            prior = counts / counts.sum()
+            info = {"kind": "classes", "classes": int(counts.numel()), "top_share": float(prior.max())}
+            if kind in CLASSIFICATION:
+                nz = prior[prior > 0]
+                info["baseline"] = float(-(nz * nz.log()).sum())
+            return info
+        if y.is_floating_point() and y.numel() > 1:
+            y = y.double()
+            info = {"kind": "values", "std": float(y.std())}
+            if kind == "mse":
+                info["baseline"] = float(((y - y.mean(0)) ** 2).mean())
+            elif kind == "l1":
+                info["baseline"] = float((y - y.median()).abs().mean())
+            elif kind in BINARY and 0 <= float(y.min()) and float(y.max()) <= 1:
+                p = float(y.mean().clamp(1e-6, 1 - 1e-6))
+                info["baseline"] = -(p * math.log(p) + (1 - p) * math.log(1 - p))
+            return info
+    except (RuntimeError, ValueError):
+        return None
+    return None
+
+
+def run_checks(model, train_data, loss_fn=None, val_data=None, batch_size=None, probes: bool = True):
     """(findings, notes, meta) of the checkup; raises TypeError/ValueError only for arguments
-    that are not a model, data or loss at all."""
+    that are not a model, data or loss at all. `probes=False` skips the two learning fits."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
     if loss_fn is not None and not callable(loss_fn):
@@ -68,7 +123,7 @@ def run_checks(model, train_data, loss_fn=None, val_data=None, batch_size=None):
     start = time.perf_counter()
     with hands_off(model):
         case = _examine(Case(model=model, data=train_data, loss_fn=loss_fn, batch_size=batch_size,
-                             rows=rows_of(train_data)), val_data)
+                             rows=rows_of(train_data)), val_data, probes)
     meta = {"checkup": {"seconds": round(time.perf_counter() - start, 3), "model": type(model).__name__,
                         "loss": case.kind, "rows_examined": 0 if case.X is None else len(case.X),
                         "layers_traced": 0 if case.trace is None else len(case.trace.layers),
@@ -82,13 +137,14 @@ def run_checks(model, train_data, loss_fn=None, val_data=None, batch_size=None):
 def hands_off(model: nn.Module):
     """Leave the model's modes, the grad mode, the thread count and every global RNG exactly as
     found; global module and optimizer hooks (a logger's, nndoctor's own) do not see the probes."""
+    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
     grad, threads = torch.is_grad_enabled(), torch.get_num_threads()
     np_state, py_state = np.random.get_state(), random.getstate()
     # the probes are tiny: one thread is fastest, and immune to oversubscription (two threads
     # on a busy two-core machine ran the digits checkup 100x slower)
     torch.set_num_threads(1)
     try:
-        with torch.random.fork_rng(devices=[]), modes_kept(model), foreign_hooks_silenced():
+        with torch.random.fork_rng(devices=devices), modes_kept(model), foreign_hooks_silenced():
             torch.manual_seed(0)  # the checkup is deterministic whatever the caller's RNG position
             yield
     finally:
@@ -98,7 +154,7 @@ def hands_off(model: nn.Module):
         random.setstate(py_state)
 
 
-def _examine(c: Case, val_data) -> Case:
+def _examine(c: Case, val_data, probes: bool = True) -> Case:
     pair = _sample(c.data, "train_data", c.notes)
     if pair is None:
         return c
@@ -139,6 +195,8 @@ def _examine(c: Case, val_data) -> Case:
         c.notes.append("The loss could not be computed on the first batch: the overfit and no-signal tests were skipped.")
         return c
     _add(c, check_batch_too_large, c)
+    if not probes:
+        return c
     learned = _add(c, check_overfit_batch, c)
     if learned:
         _add(c, check_no_signal, c)

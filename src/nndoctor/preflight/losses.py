@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..collect.case import Replay
+
 CLASSIFICATION = {"cross_entropy", "nll"}
 BINARY = {"bce", "bce_logits"}
 REGRESSION = {"mse", "l1", "huber"}
@@ -23,7 +25,10 @@ _FUNCTIONS = {F.cross_entropy: "cross_entropy", F.nll_loss: "nll", F.binary_cros
 
 
 def loss_kind(loss_fn) -> str:
-    """'cross_entropy', 'nll', 'bce', 'bce_logits', 'mse', 'l1', 'huber' or 'unknown'."""
+    """'cross_entropy', 'nll', 'bce', 'bce_logits', 'mse', 'l1', 'huber' or 'unknown'. A loss
+    replayed from a watched script's ops has the kind of the known loss inside it."""
+    if isinstance(loss_fn, Replay):
+        return loss_kind(loss_fn.loss) if loss_fn.loss is not None else "unknown"
     for cls, kind in _MODULES:
         if isinstance(loss_fn, cls):
             return kind

@@ -151,7 +151,7 @@ def _draw_all(report) -> tuple[dict[str, bytes], list[str]]:
 def _verdict(report) -> str:
     headline, _ = verdict(report)
     root = report.root
-    level = root.severity if root else "healthy"
+    level = root.severity if root else "warning" if (report.meta or {}).get("ended") else "healthy"
     body = ""
     if root is not None:
         body = f"<p>{inline(root.message)}</p><p><b>Fix:</b> {inline(root.fix)}</p>"

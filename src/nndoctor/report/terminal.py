@@ -28,6 +28,9 @@ INDENT = 4  # columns per level of root -> symptom nesting
 def verdict(report) -> tuple[str, str]:
     """(headline, style) for the report."""
     problems = [f for f in report.findings if f.is_problem]
+    ended = (report.meta or {}).get("ended")
+    if not problems and ended:  # a run cut short proves nothing healthy
+        return f"Stopped early ({ended}): no warning or error in the steps seen", "bold yellow"
     lr_test = (report.meta or {}).get("lr_range") if "lr_range_test" in (report.meta or {}) else None
     if not report.findings and isinstance(lr_test, dict):  # find_lr(...).report(): the curve alone
         if not lr_test.get("suggestion"):
