@@ -474,7 +474,11 @@ def watched_script(tmp_path, source, *args):
 def test_one_output_regression_is_never_called_collapsed_nor_its_first_steps_too_large(tmp_path):
     for seed in ("1", "4"):  # 4: every prediction positive (as its targets); 1: weights 10x too small at init
         report = watched_script(tmp_path, REGRESSION, seed)
-        assert report.healthy, (seed, report)
+        # the run's own dynamics are healthy; what the first-step examination names is true of this
+        # script's data (x**4 features of RMS 5, targets of std 32) and stays rooted there
+        wrong = {"output.collapsed", "lr.too_high", "grad.exploding"}
+        assert not any(report.has(code) for code in wrong), (seed, report)
+        assert not report.findings or report.findings[0].code.startswith("data."), (seed, report)
 
 
 def test_a_one_output_model_that_answers_the_same_for_everything_is_still_collapsed():
@@ -494,7 +498,7 @@ def test_a_one_output_model_that_answers_the_same_for_everything_is_still_collap
             opt.step()
             doctor.log(loss=loss)
     found = doctor.report().get("output.collapsed")
-    assert found is not None and "the same for every input" in found.message
+    assert found is not None and "the same for every" in found.message  # input (batch spread) or -thing (vs the targets)
 
 
 def test_summed_loss_under_adam_is_no_explosion_but_under_sgd_it_is(tmp_path):

@@ -21,6 +21,7 @@ MLP on the digits data, about 1 s for a small CNN, GRU or transformer on it.
 """
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
@@ -72,12 +73,27 @@ def examine_captured(captured):
     if size > HUGE_MODEL:
         return [], [f"The pre-flight checks did not run at the first step: the model has {size:,} parameters and "
                     "its copy would double their memory; run nndoctor.checkup() on a smaller configuration."], {}
-    findings, notes, meta = run_checks(captured.model, (x, y), captured.loss_fn, probes=size <= LARGE_MODEL)
+    loss_fn, summed = per_row_mean(captured.loss_fn)
+    findings, notes, meta = run_checks(captured.model, (x, y), loss_fn, probes=size <= LARGE_MODEL)
+    if summed:
+        notes.append(f"The script's {type(loss_fn).__name__} sums over elements: the first-step checks judged "
+                     "its mean, whose level at init has a known reference (a sum's grows with the batch and the output size).")
     if size > LARGE_MODEL:
         notes.append(f"The overfit and no-signal tests were skipped at the first step: the model has {size:,} "
                      f"parameters (more than {LARGE_MODEL:,}); run nndoctor.checkup() for them.")
     meta["checkup"]["at"] = "first training step"
     return findings, notes + captured.notes, meta
+
+
+def per_row_mean(loss_fn):
+    """(the loss to judge, whether it was summed). A known loss module with reduction='sum' (a VAE's
+    reconstruction term) is judged as its mean: the init-loss reference (ln C, ln 2, the target
+    variance) and the overfit test's baseline hold per element, never for a sum."""
+    if isinstance(loss_fn, nn.modules.loss._Loss) and getattr(loss_fn, "reduction", "mean") == "sum":
+        mean = copy.copy(loss_fn)
+        mean.reduction = "mean"
+        return mean, True
+    return loss_fn, False
 
 
 def describe_targets(train_data, loss_fn) -> dict | None:

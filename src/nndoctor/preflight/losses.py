@@ -56,9 +56,16 @@ def run_loss(loss_fn, out: torch.Tensor, y: torch.Tensor):
     return value, error
 
 
-def loss_floor(loss_fn, classes: int | None) -> float:
-    """The lowest value the loss can reach on fitted data: 0, except cross-entropy with label
-    smoothing eps, whose target keeps eps/C on every class, so its entropy stays in the loss."""
+def loss_floor(loss_fn, classes: int | None, targets: torch.Tensor | None = None) -> float:
+    """The lowest value the loss can reach on fitted data: 0, except where the targets keep an
+    entropy the loss cannot remove — cross-entropy with label smoothing eps (eps/C stays on every
+    class) and binary cross-entropy on soft targets in (0, 1) (a VAE's grey pixels): the mean
+    binary entropy of the targets."""
+    kind = loss_kind(loss_fn)
+    if kind in BINARY and targets is not None and targets.is_floating_point() and targets.numel():
+        p = targets.detach().double().clamp(1e-12, 1 - 1e-12)
+        if bool(((p >= 0) & (p <= 1)).all()):
+            return float(-(p * p.log() + (1 - p) * (1 - p).log()).mean())
     eps = float(getattr(loss_fn, "label_smoothing", 0.0) or 0.0)
     if not eps or not classes or classes < 2 or loss_kind(loss_fn) != "cross_entropy":
         return 0.0

@@ -136,7 +136,7 @@ def check_overfit_batch(c: Case) -> tuple[Finding | None, bool]:
     if reference is None or not float(reference) > 1e-8:
         return None, False
     reference = float(reference)
-    floor = loss_floor(c.loss_fn, out.shape[1] if out.dim() >= 2 else None)
+    floor = loss_floor(c.loss_fn, out.shape[1] if out.dim() >= 2 else None, y)
     target = floor + FITTED * (reference - floor)
     losses = fit(model, x, y, c.loss_fn, OVERFIT_STEPS, stop_below=target)
     if not losses:
