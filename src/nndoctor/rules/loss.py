@@ -13,7 +13,7 @@ OSCILLATION_GAP = 1.5  # the second half sits 1.5x above the best smoothed level
 MATERIAL = 0.02       # fluctuation must also exceed 2% of the problem's loss scale (baseline or start)
 DIVERGING = 4.0       # the late loss 4x above the mid-run loss: a runaway, not an oscillation
 FLUCTUATION_NOISE = 0.08  # late training-loss noise of 8% of the level around a flat trend (the info-only path)
-FLUCTUATION_GAIN = 0.03   # the late validation loss sits 3% of the problem's loss scale above the best it reached
+FLUCTUATION_GAIN = 0.025  # the late validation loss sits 2.5% of the problem's loss scale above the best it reached
 #                           late (the constant-rate SGD zoo runs: 5-50%; the healthy runs whose late trend is as
 #                           flat: at most 1.2%; the healthy runs still learning reach 4-40% but descend faster)
 TREND_OVER_SWING = 1.25   # ...and descends by less than 1.25x that gap (the healthy runs still learning: 1.6-6x)
