@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .collect import hooks
 from .collect.activations import ActivationCollector
 from .collect.buffer import StepBuffer
 from .collect.case import CaseCapture, is_examining
@@ -153,6 +154,7 @@ class Doctor:
         self._scalars = StepBuffer()
         self._handles: list = []
         self._sampling: list = []   # activation hooks, attached for sampled steps only
+        self._copyable: list[type] = []  # module classes copied and pickled without our hooks
         self._started = time.perf_counter()
         self._started_at = time.time()
         self._initial_lrs = [float(g["lr"]) for g in optimizer.param_groups] if optimizer else None
@@ -209,6 +211,7 @@ class Doctor:
         h = self._handles
         if self.capture is not None and self._own_capture and not self.capture.done:
             self.capture.install()
+        self._copyable = hooks.register(type(m) for m in self.module_names)
         if self.optimizer is not None and self.step_hooks:
             h.append(self.optimizer.register_step_pre_hook(self._before_step))
             h.append(self.optimizer.register_step_post_hook(self._after_step_hook))
@@ -258,20 +261,16 @@ class Doctor:
         if self.capture is not None and self._own_capture:
             self.capture.finish()
         self._sample_hooks(False)
+        hooks.release(self._copyable)
+        self._copyable = []
         if self.active:
             self.flush()
 
-    def _guard_hook(self, fns: list):
-        """A hook that runs `fns` under the guard and always returns None (changes nothing).
-        It stays silent while the pre-flight checks run on copies (they carry this hook)."""
-        def hook(*args):
-            if self.active and not is_examining():
-                try:
-                    for fn in fns:
-                        fn(*args)
-                except Exception as exc:  # our bug must never stop the user's training
-                    self._fail(exc)
-        return hook
+    def _guard_hook(self, fns: list) -> hooks.Hook:
+        """A hook that runs `fns` under the guard and always returns None (changes nothing);
+        copies and pickles of the model leave it out (collect/hooks.py), and it stays silent
+        while the pre-flight checks run (collect/case.py)."""
+        return hooks.Hook(self, fns)
 
     def _fail(self, exc: Exception) -> None:
         self.active = False
