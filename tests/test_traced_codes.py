@@ -93,3 +93,103 @@ def test_batch_too_large_is_judged_without_deep(batch, too_large):
         assert finding.severity == "info" and finding.evidence["batch_size"] >= 10 * finding.evidence["b_simple"]
     assert "noise_scale" in report.meta["checkup"]
 
+
+# ---- under every watcher: the first step's case goes through the same graph checks ----------
+
+SCRIPT_HEAD = """
+import torch
+import torch.nn.functional as F
+from torch import nn
+import nndoctor
+torch.manual_seed(0)
+X = torch.randn(512, 20)
+y = (X @ torch.randn(20, 5)).argmax(1)
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(20, 64), nn.Linear(64, 5)
+
+    def forward(self, x):
+        return OUTPUT
+
+
+model = Net()
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+"""
+SCRIPT_LOOP = """
+def train(doctor=None):
+    for epoch in range(2):
+        perm = torch.randperm(512)
+        for i in range(0, 512, 32):
+            xb, yb = X[perm[i:i + 32]], y[perm[i:i + 32]]
+            out = model(xb)
+            loss = LOSS
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if doctor is not None:
+                doctor.log(loss=loss.item())
+"""
+SEQUENCE_HEAD = """
+import torch
+from torch import nn
+import nndoctor
+torch.manual_seed(0)
+tokens = torch.randint(1, 12, (512, 24))
+lengths = torch.randint(2, 12, (512, 1))
+tokens[torch.arange(24) >= lengths] = 0            # right-padded with 0
+X, y = tokens, (tokens + tokens.roll(3, 1)) % 4 + 1
+y[tokens == 0] = 0                                 # padding's tag
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed, self.rnn, self.head = nn.Embedding(12, 16, padding_idx=0), nn.GRU(16, 32, batch_first=True), nn.Linear(32, 5)
+
+    def forward(self, x):
+        return self.head(self.rnn(self.embed(x))[0]).transpose(1, 2)
+
+
+model = Net()
+opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+"""
+H = "F.relu(self.fc1(x))"
+CASES = [  # (name, head, model output, loss in the loop, the code, the healthy twin's (output, loss))
+    ("log_softmax over the batch", SCRIPT_HEAD, f"F.log_softmax(self.fc2({H}), dim=0)", "F.nll_loss(out, yb)",
+     "output.softmax_wrong_dim", (f"F.log_softmax(self.fc2({H}), dim=1)", "F.nll_loss(out, yb)")),
+    ("hand-written cross-entropy", SCRIPT_HEAD, f"self.fc2({H})",
+     "-(F.one_hot(yb, 5) * torch.log(F.softmax(out, dim=1))).sum(1).mean()", "loss.unstable_log",
+     (f"self.fc2({H})", "F.cross_entropy(out, yb, label_smoothing=0.1)")),
+    ("padding counted", SEQUENCE_HEAD, None, "nn.CrossEntropyLoss()(out, yb)", "data.padding_in_loss",
+     (None, "nn.CrossEntropyLoss(ignore_index=0)(out, yb)")),
+]
+
+
+def script(head, output, loss, main):
+    body = (head.replace("OUTPUT", output) if output else head) + SCRIPT_LOOP.replace("LOSS", loss)
+    return body + ("\nif __name__ == '__main__':\n    train()\n" if main == "script" else
+                   "\nwith nndoctor.watch(model, opt) as doctor:\n    train(doctor)\nREPORT = doctor.report()\n")
+
+
+def report_under(watcher, tmp_path, body):
+    if watcher == "script":
+        from nndoctor.findings import Report
+        from nndoctor.integrations.script import run
+        (tmp_path / "train.py").write_text(body)
+        run(str(tmp_path / "train.py"), [], out=tmp_path / "report")
+        return Report.from_json((tmp_path / "report" / "report.json").read_text())
+    namespace: dict = {}
+    exec(compile(body, "train.py", "exec"), namespace)
+    return namespace["REPORT"]
+
+
+@pytest.mark.parametrize("watcher", ["script", "watch"])
+@pytest.mark.parametrize("name, head, output, loss, code, twin", CASES, ids=[c[0] for c in CASES])
+def test_named_at_the_first_step_under_every_watcher(tmp_path, watcher, name, head, output, loss, code, twin):
+    report = report_under(watcher, tmp_path, script(head, output, loss, watcher))
+    assert code in problems(report), (problems(report), report.notes)
+    healthy = report_under(watcher, tmp_path, script(head, *twin, watcher))
+    assert code not in problems(healthy), [(f.code, f.message) for f in healthy.findings]
