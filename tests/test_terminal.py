@@ -162,3 +162,21 @@ def test_findings_stays_at_the_bottom_of_the_import_graph():
         for module, level in module_imports(path):
             assert not (level == 2 and module.split(".")[0] in ("rules", "preflight", "watcher", "diagnosis")), \
                 f"{path.name} imports {module}: the renderers read the report, never a rule"
+
+
+def test_the_run_line_says_how_watching_began():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    X = torch.randn(64, 4)
+    with nndoctor.watch(model, optimizer) as doctor:
+        for _ in range(20):
+            optimizer.zero_grad()
+            loss = ((model(X) - X.sum(1, keepdim=True)) ** 2).mean()
+            loss.backward()
+            optimizer.step()
+            doctor.log(loss=loss)
+    report = doctor.report()
+    assert report.meta["call"] == "nndoctor.watch(Sequential, SGD)" and report.meta["lr"] == [0.1]
+    line = render_text(report, width=200).splitlines()[2]
+    assert "nndoctor.watch(Sequential, SGD) · Sequential, 49 trainable parameters · SGD, lr 0.1 · 20 steps" in line

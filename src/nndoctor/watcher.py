@@ -78,6 +78,14 @@ EXAMINE_WITHIN = 3  # steps to wait for the first model call before giving up th
 JUDGE_SHARE = 0.005  # in the user's loop, the rules run at a flush only while they have cost < 0.5% of the time
 
 
+def learning_rates(optimizer) -> list[float] | None:
+    """Each parameter group's rate, once at the start (for the report); None if unreadable."""
+    try:
+        return [float(g["lr"]) for g in optimizer.param_groups] if optimizer is not None else None
+    except (KeyError, TypeError, ValueError, RuntimeError):
+        return None
+
+
 def run_facts(model: nn.Module, started_at: float, lrs: list[float] | None) -> dict:
     """What a reviewer of the report asks first (the page's Run header): when it started,
     on which device, with which versions and learning rates, and each module's type (so
@@ -157,7 +165,8 @@ class Doctor:
         self._copyable: list[type] = []  # module classes copied and pickled without our hooks
         self._started = time.perf_counter()
         self._started_at = time.time()
-        self._initial_lrs = [float(g["lr"]) for g in optimizer.param_groups] if optimizer else None
+        self._initial_lrs = learning_rates(optimizer)
+        self.call: str | None = None  # how the user started watching, for the report's Run header
         self._judge_seconds = 0.0
         self._flushes = 0
 
@@ -334,7 +343,8 @@ class Doctor:
                 "sample_every": self.sample_every, "flush_every": self.flush_every,
                 "module_order": list(self.sentinel.order),  # input -> output, for the report's plots
                 **run_facts(self.model, self._started_at, self._initial_lrs),
-                **self.checkup_meta}
+                **self.checkup_meta,
+                **({"call": self.call} if self.call else {})}
         return Report(findings=findings, meta=meta, notes=notes, series=self._series())
 
     # ---- the first step's case -------------------------------------------------------
@@ -525,4 +535,6 @@ def watch(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, **op
     """Watch `model` (and `optimizer`) in the user's own loop; see `Doctor`.
     `tensorboard=LOGDIR`, `mlflow=True` and `wandb=True` (or `wandb=run`) also log the traces
     and findings to that tracker at each flush, and the report at the end."""
-    return Doctor(model, optimizer, **options)
+    doctor = Doctor(model, optimizer, **options)
+    doctor.call = f"nndoctor.watch({type(model).__name__}, {type(optimizer).__name__ if optimizer else None})"
+    return doctor

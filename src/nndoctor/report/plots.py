@@ -324,7 +324,7 @@ def unit_health(report) -> bytes | None:
     ax.scatter([r[4] for r in rows], y, marker="|", s=120, color="black", label="highest during the run")
     for i, r in enumerate(rows):
         ax.annotate(f" {r[3]:.0%}", (r[3], i), va="center", fontsize=FONT)
-    ax.set_yticks(y, [f"{_short(r[0], 22)} ({r[1]})" for r in rows], fontsize=FONT)
+    ax.set_yticks(y, [f"{_typed(report, r[0], 22)}: {r[1]}" for r in rows], fontsize=FONT)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of units (last measurement)")
@@ -362,7 +362,7 @@ def activation_histograms(report) -> bytes | None:
                   norm=LogNorm(vmin=1e-4, vmax=1), interpolation="nearest",
                   extent=(steps[0], steps[-1], lo, hi))
         scale = h.get("scale", "linear")
-        ax.set_title(_short(key[len("activation_hist/"):], 22), fontsize=8)
+        ax.set_title(_typed(report, key[len("activation_hist/"):], 22), fontsize=FONT)
         ax.tick_params(labelsize=6)
         ax.set_ylabel({"log1p": "log10(1+x)", "symlog1p": "±log10(1+|x|)"}.get(scale, "output"), fontsize=6)
     fig.suptitle("Activation histograms over training steps (colour: share of outputs, log scale)", fontsize=10,
