@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .collect import hooks
 from .collect.activations import ActivationCollector
 from .collect.buffer import StepBuffer
 from .collect.gradients import GradientCollector
@@ -133,6 +134,7 @@ class Doctor:
         self._scalars = StepBuffer()
         self._handles: list = []
         self._sampling: list = []   # activation hooks, attached for sampled steps only
+        self._copyable: list[type] = []  # module classes copied and pickled without our hooks
         self._started = time.perf_counter()
         self._started_at = time.time()
         self._initial_lrs = [float(g["lr"]) for g in optimizer.param_groups] if optimizer else None
@@ -181,6 +183,7 @@ class Doctor:
     @guarded
     def attach(self) -> None:
         h = self._handles
+        self._copyable = hooks.register(type(m) for m in self.module_names)
         if self.optimizer is not None and self.step_hooks:
             h.append(self.optimizer.register_step_pre_hook(self._before_step))
             h.append(self.optimizer.register_step_post_hook(self._after_step))
@@ -227,19 +230,15 @@ class Doctor:
             handle.remove()
         self._handles = []
         self._sample_hooks(False)
+        hooks.release(self._copyable)
+        self._copyable = []
         if self.active:
             self.flush()
 
-    def _guard_hook(self, fns: list):
-        """A hook that runs `fns` under the guard and always returns None (changes nothing)."""
-        def hook(*args):
-            if self.active:
-                try:
-                    for fn in fns:
-                        fn(*args)
-                except Exception as exc:  # our bug must never stop the user's training
-                    self._fail(exc)
-        return hook
+    def _guard_hook(self, fns: list) -> hooks.Hook:
+        """A hook that runs `fns` under the guard and always returns None (changes nothing);
+        copies and pickles of the model leave it out (collect/hooks.py)."""
+        return hooks.Hook(self, fns)
 
     def _fail(self, exc: Exception) -> None:
         self.active = False
