@@ -42,6 +42,12 @@ CHECKPOINTING = """
 """
 
 
+def pending(doctor) -> int:
+    """Tensors the sentinel holds until a step ends or a flush."""
+    s = doctor.sentinel
+    return len(s._forwards) + len(s._max) + len(s.rows)
+
+
 def test_watched_model_pickles_saves_and_deep_copies():
     model = make_model()
     opt = torch.optim.SGD(model.parameters(), 0.1)
@@ -60,10 +66,10 @@ def test_watched_model_pickles_saves_and_deep_copies():
     assert b"nndoctor" not in blob and b"nndoctor" not in saved.getvalue()  # loads without nndoctor
     reloaded = pickle.loads(blob)
     assert all(torch.equal(a, b) for a, b in zip(reloaded.parameters(), model.parameters()))
-    calls = len(doctor.sentinel._calls)
+    held = pending(doctor)
     for _ in range(50):
         twin(X[:32]).sum().backward()  # the copy runs on after the watch ended
-    assert len(doctor.sentinel._calls) == calls and hooks_left(twin, unwatched) == 0
+    assert pending(doctor) == held and hooks_left(twin, unwatched) == 0
 
 
 def test_hook_reached_another_way_copies_inert():
@@ -73,7 +79,7 @@ def test_hook_reached_another_way_copies_inert():
         copied = copy.deepcopy(model[0]._forward_hooks)
     for hook in [*hooks.values(), *copied.values()]:
         assert hook(model[0], (torch.zeros(1, 8),), torch.zeros(1, 32)) is None
-    assert doctor.sentinel._calls == []
+    assert pending(doctor) == 0
 
 
 def test_checkpointing_script_under_nndoctor_watch_matches_the_plain_run(tmp_path):
@@ -92,3 +98,159 @@ def test_checkpointing_script_under_nndoctor_watch_matches_the_plain_run(tmp_pat
     pickled = [zipfile.ZipFile(tmp_path / f"{name}.pt.epoch3.pt").read(f"{name}.pt.epoch3/data.pkl")
                for name in ("plain", "watched")]
     assert pickled[0] == pickled[1]  # torch.save(model) wrote exactly what it writes unwatched
+
+
+# ---- where NaN/Inf starts: one truth each --------------------------------------------
+class Log(nn.Module):
+    def forward(self, x):
+        return torch.log(x)
+
+
+class Magnitude(nn.Module):
+    """Appends each row's norm, sqrt(sum x^2): finite forward, but 0/0 in its backward at a zero row."""
+    def forward(self, x):
+        return torch.cat([x, x.pow(2).sum(1, keepdim=True).sqrt()], 1)
+
+
+class Scale(nn.Module):
+    def __init__(self, factor):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):
+        return x * self.factor
+
+
+def nonfinite_run(model, batches, loss_fn=nn.functional.cross_entropy, lr=0.01):
+    opt = torch.optim.SGD(model.parameters(), lr)
+    with nndoctor.watch(model, opt, flush_every=5) as doctor:
+        for x, y in batches:
+            loss = loss_fn(model(x), y)
+            opt.zero_grad(); loss.backward(); opt.step()
+            doctor.log(loss=loss)
+    finding = doctor.report().get("loss.nonfinite")
+    assert finding is not None
+    return finding.evidence["origin"], finding
+
+
+def classification_batches(n=12, width=8, bad=None):
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for step in range(n):
+        x = torch.randn(32, width, generator=g)
+        y = (x[:, 0] > 0).long()
+        out.append(bad(step, x, y) if bad else (x, y))
+    return out
+
+
+def test_nan_only_in_the_target_is_blamed_on_the_loss():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+
+    def nan_target(step, x, y):
+        y = x[:, :1].clone()
+        if step == 4:
+            y[3] = float("nan")
+        return x, y
+    origin, finding = nonfinite_run(model, classification_batches(bad=nan_target), nn.functional.mse_loss)
+    assert origin["module"] == "<loss>" and origin["step"] == 4
+    assert finding.where is None and "parameters" not in finding.message
+
+
+def test_inf_made_only_in_the_backward_is_blamed_on_its_module():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16, bias=False), Magnitude(), nn.Linear(17, 3))
+
+    def zero_row(step, x, y):
+        if step == 3:
+            x[5] = 0.0  # no bias: the first layer's output row is zero, its norm's gradient 0/0
+        return x, y
+    origin, finding = nonfinite_run(model, classification_batches(bad=zero_row))
+    assert origin == {"step": 3, "module": "1", "stage": "backward"}
+    assert finding.where == "1" and "backward pass of `1`" in finding.message
+
+
+def test_nan_in_one_row_of_a_large_activation_is_found():
+    torch.manual_seed(0)
+    model = nn.Sequential(Log(), nn.Linear(256, 3))  # log's output: 512 x 256 values per step
+
+    def one_zero(step, x, y):
+        x = torch.rand(512, 256, generator=torch.Generator().manual_seed(step)) + 0.1
+        if step == 2:
+            x[1, 7] = 0.0  # one value of one odd row
+        return x, (x[:, 0] > 0.6).long()
+    origin, finding = nonfinite_run(model, classification_batches(n=6, bad=one_zero))
+    assert origin["module"] == "0" and origin["step"] == 2 and finding.where == "0"
+
+
+def test_large_finite_activations_are_not_read_as_nonfinite():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 1000), Scale(1e36), Scale(1e-36), nn.Linear(1000, 3))  # sums overflow float32
+
+    def nan_input(step, x, y):
+        if step == 6:
+            x[0, 0] = float("nan")
+        return x, y
+    origin, _ = nonfinite_run(model, classification_batches(bad=nan_input))
+    assert origin == {"step": 6, "module": "<input>"}
+
+
+def test_no_runaway_update_said_when_the_parameters_were_finite():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    with torch.no_grad():
+        model[0].weight.fill_(1e38)  # finite, but its products overflow: Inf from finite weights
+    origin, finding = nonfinite_run(model, classification_batches())
+    assert origin["module"] == "0" and origin["step"] == 0 and origin["bad_parameters"] == []
+    assert "already non-finite" not in finding.message and "from finite inputs and parameters" in finding.message
+
+
+# ---- cost and memory ------------------------------------------------------------------
+class Block(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.norm, self.linear, self.act = nn.LayerNorm(width), nn.Linear(width, width), nn.ReLU()
+
+    def forward(self, x):
+        return x + self.act(self.linear(self.norm(x)))
+
+
+def residual_mlp(blocks, width=16):
+    return nn.Sequential(nn.Linear(8, width), *[Block(width) for _ in range(blocks)], nn.Linear(width, 3))
+
+
+def test_unsampled_steps_cost_the_same_python_calls_at_every_model_size(monkeypatch):
+    from nndoctor.collect import hooks
+    calls = []
+    original = hooks.Hook.__call__
+    monkeypatch.setattr(hooks.Hook, "__call__", lambda self, *a: (calls.append(1), original(self, *a))[1])
+    X, y = make_data()
+    per_step = {}
+    for blocks in (2, 40):  # 11 and 163 modules
+        torch.manual_seed(0)
+        model = residual_mlp(blocks)
+        opt = torch.optim.SGD(model.parameters(), 0.01)
+        with nndoctor.watch(model, opt, sample_every=10) as doctor:
+            for step in range(10):
+                calls.clear()
+                loss = nn.functional.cross_entropy(model(X[:32]), y[:32])
+                opt.zero_grad(); loss.backward(); opt.step()
+                doctor.log(loss=loss)
+        per_step[blocks] = len(calls)  # the last step: unsampled
+    assert per_step[2] == per_step[40] <= 5
+
+
+def test_sentinel_memory_is_bounded_without_an_optimizer_and_after_a_new_one():
+    X, y = make_data()
+    model = make_model()
+    old = torch.optim.SGD(model.parameters(), 0.01)
+    with nndoctor.watch(model, old, flush_every=10) as replaced, nndoctor.watch(make_model()) as bare:
+        sizes = []
+        new = torch.optim.SGD(model.parameters(), 0.01)  # the script replaces its optimizer
+        for step in range(300):
+            loss = nn.functional.cross_entropy(model(X[:32]), y[:32])
+            new.zero_grad(); loss.backward(); new.step()
+            bare.model(X[:32]).sum().backward()  # watch(model): no optimizer, nothing logged
+            if step in (20, 299):
+                sizes.append((pending(replaced), pending(bare)))
+    assert sizes[0] == sizes[1] and max(max(s) for s in sizes) <= 8

@@ -145,10 +145,11 @@ class Doctor:
         self.module_names = {m: (n or type(model).__name__) for n, m in model.named_modules()}
         self.module_types = module_types(model)
         try:
+            self.sentinel = NonFiniteSentinel(model, self.module_names)
+            self.sentinel.wrap = self._guard_hook
             self._watch_parameters()
             self.activations = ActivationCollector(model, self.module_names)
             self.histograms = HistogramCollector(self.module_names)  # for the report's plots only
-            self.sentinel = NonFiniteSentinel(model, self.module_names)
         except Exception as exc:  # a valid module we cannot read: watch nothing, say why
             self._fail(exc)
             self.params, self.not_in_optimizer, self._lazy = [], [], False
@@ -171,6 +172,7 @@ class Doctor:
         self.grads = GradientCollector(self.params)
         self.updates = UpdateCollector(self.params)
         self.loop = LoopCollector(self.params, self.model)
+        self.sentinel.check_gradients(self.params)
 
     # ---- lifecycle ------------------------------------------------------------------
     def __enter__(self) -> "Doctor":
@@ -187,9 +189,9 @@ class Doctor:
         if self.optimizer is not None and self.step_hooks:
             h.append(self.optimizer.register_step_pre_hook(self._before_step))
             h.append(self.optimizer.register_step_post_hook(self._after_step))
+        # every step: three checks on the model as a whole, none per module (collect/nonfinite.py)
         h += self._forward_hook(self.model, [self.sentinel.on_input], pre=True)
-        for module, hook in self.sentinel.modules():
-            h += self._forward_hook(module, [hook])
+        h += self._forward_hook(self.model, [self.sentinel.on_output])
         self._sample_hooks(self.step % self.sample_every == 0)
         if self._unhookable:
             kinds = sorted({type(m).__name__ for m in self._unhookable})
@@ -204,8 +206,9 @@ class Doctor:
         if module in self._unhookable:
             return []
         try:
-            register = module.register_forward_pre_hook if pre else module.register_forward_hook
-            return [register(self._guard_hook(fns))]
+            if pre:  # with the keyword arguments: models called as model(input_ids=..., ...)
+                return [module.register_forward_pre_hook(self._guard_hook(fns), with_kwargs=True)]
+            return [module.register_forward_hook(self._guard_hook(fns))]
         except Exception:
             self._unhookable.add(module)
             return []
@@ -218,7 +221,8 @@ class Doctor:
         self._sampling = []
         if on and self.active:
             per_module: dict[nn.Module, list] = {}
-            for module, hook in [*self.activations.modules(), *self.histograms.modules()]:
+            order = [] if self.sentinel.order else self.sentinel.order_modules()
+            for module, hook in [*self.activations.modules(), *self.histograms.modules(), *order]:
                 per_module.setdefault(module, []).append(hook)
             self._sampling = [handle for module, hooks in per_module.items()
                               for handle in self._forward_hook(module, hooks)]
@@ -378,7 +382,6 @@ class Doctor:
         self._flushes += 1
         if self._flushes % PROBE_EVERY == 1 and self.activations.rnn_inputs:
             self._probe_rnns()
-        had_origin = self.sentinel.origin is not None
         self.sentinel.flush()  # before the reducer: DDP exchanges each rank's NaN origin with the rows
         if self.reducer:
             rows = self.reducer(self, rows)
@@ -386,15 +389,6 @@ class Doctor:
             self.history[name].extend(steps, values)
         for sink in self.sinks:
             sink.flushed(self, rows)
-        if self.sentinel.origin is not None and not had_origin:
-            self._explain_origin(self.sentinel.origin)
-
-    def _explain_origin(self, origin: dict) -> None:
-        """Say whether the first module's own parameters were already non-finite."""
-        module = next((m for m, n in self.module_names.items() if n == origin["module"]), None)
-        if module is not None:
-            bad = [n for n, p in module.named_parameters(recurse=False) if not torch.isfinite(p.detach()).all()]
-            origin["bad_parameters"] = bad
 
     # ---- judge -------------------------------------------------------------------------
     def _judge(self, final: bool) -> list[Finding]:
