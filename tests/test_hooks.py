@@ -1,4 +1,5 @@
 """The watcher's hooks: a watched model pickles, saves and copies as it would unwatched."""
+import contextlib
 import copy
 import io
 import pickle
@@ -254,3 +255,47 @@ def test_sentinel_memory_is_bounded_without_an_optimizer_and_after_a_new_one():
             if step in (20, 299):
                 sizes.append((pending(replaced), pending(bare)))
     assert sizes[0] == sizes[1] and max(max(s) for s in sizes) <= 8
+
+
+def test_nonfinite_gradient_made_outside_the_model_is_said_so():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    steps = iter(range(100))
+    model[0].weight.register_hook(lambda g: g * float("nan") if next(steps) == 3 else None)  # a user's hook
+    origin, finding = nonfinite_run(model, classification_batches())
+    assert origin["step"] == 3 and origin["stage"] == "outside" and finding.where is None
+
+
+# ---- torch.compile ---------------------------------------------------------------------
+def compiled_run(watched: bool, mode: str, lr: float = 0.1):
+    """30 steps of a tiny classifier run eagerly, through `torch.compile(model)` or after
+    `model.compile()`: (graphs compiled, graph breaks, finding codes)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr)
+    run = torch.compile(model) if mode == "wrapper" else model
+    if mode == "in place":
+        model.compile()
+    X, y = make_data()
+    doctor = nndoctor.watch(model, opt, sample_every=5, flush_every=10) if watched else None
+    with doctor or contextlib.nullcontext():
+        for step in range(30):
+            i = (step % 8) * 32
+            loss = nn.functional.cross_entropy(run(X[i:i + 32]), y[i:i + 32])
+            opt.zero_grad(); loss.backward(); opt.step()
+            if doctor:
+                doctor.log(loss=loss)
+    codes = sorted(f.code for f in doctor.report().findings if f.is_problem) if doctor else None
+    return counters["stats"]["unique_graphs"], sum(counters["graph_break"].values()), codes
+
+
+def test_watching_a_compiled_model_adds_no_recompile_or_graph_break():
+    assert compiled_run(True, "wrapper")[:2] == compiled_run(False, "wrapper")[:2] == (1, 0)
+    graphs, breaks, _ = compiled_run(True, "in place")  # (unwatched, torch 2.13 runs this model uncompiled)
+    assert graphs <= 1 and breaks == 0
+    compiled, eager = compiled_run(True, "wrapper", lr=20.0)[2], compiled_run(True, "eager", lr=20.0)[2]
+    assert compiled == eager and "lr.too_high" in eager  # the same verdict as eager

@@ -4,8 +4,10 @@
         ...; doctor.log(loss=loss)
     report = doctor.report()
 
-Only hooks are used (forward hooks, optimizer step pre/post hooks, a tensor hook on the
-output layer's parameters); none of them changes a value the training computes. Collectors
+Only hooks are used, and none changes a value the training computes: every step, a forward
+pre-hook and a forward hook on the model and a tensor hook on its output (the non-finite
+sentinel) and the optimizer's step pre/post hooks; on sampled steps, forward hooks on the
+modules and tensor hooks on the last parameters. No hook per module runs on other steps. Collectors
 write to device buffers; every `flush_every` steps one transfer moves them to the CPU
 history and the rules run, so a diverging run is named within tens of steps. Any exception
 in the doctor's own code is reported once as a warning and switches watching off; the
@@ -134,6 +136,7 @@ class Doctor:
         self._scalars = StepBuffer()
         self._handles: list = []
         self._sampling: list = []   # activation hooks, attached for sampled steps only
+        self._sample_due = False    # attach them at the next forward
         self._copyable: list[type] = []  # module classes copied and pickled without our hooks
         self._started = time.perf_counter()
         self._started_at = time.time()
@@ -190,9 +193,9 @@ class Doctor:
             h.append(self.optimizer.register_step_pre_hook(self._before_step))
             h.append(self.optimizer.register_step_post_hook(self._after_step))
         # every step: three checks on the model as a whole, none per module (collect/nonfinite.py)
-        h += self._forward_hook(self.model, [self.sentinel.on_input], pre=True)
+        h += self._forward_hook(self.model, [self._arm_sampling, self.sentinel.on_input], pre=True)
         h += self._forward_hook(self.model, [self.sentinel.on_output])
-        self._sample_hooks(self.step % self.sample_every == 0)
+        self._sample_due = self.step % self.sample_every == 0
         if self._unhookable:
             kinds = sorted({type(m).__name__ for m in self._unhookable})
             note = (f"{len(self._unhookable)} module(s) take no forward hooks ({', '.join(kinds)}): "
@@ -212,6 +215,14 @@ class Doctor:
         except Exception:
             self._unhookable.add(module)
             return []
+
+    def _arm_sampling(self, module, args, kwargs) -> None:
+        """At the first forward of a sampled step, attach the sampling hooks. Only an eager
+        forward gets here: in a compiled graph our hooks are inert (collect/hooks.py), so a
+        compiled model never sees hooks come and go, which would make Dynamo recompile."""
+        if self._sample_due:
+            self._sample_due = False
+            self._sample_hooks(True)
 
     def _sample_hooks(self, on: bool) -> None:
         """Attach the hooks of a sampled step (activations on its forward pass, stale gradients
@@ -296,6 +307,9 @@ class Doctor:
     def _report(self) -> Report:
         findings = self._judge(final=True)
         notes = list(self.notes)
+        if self.step and not self.sentinel.forwards:
+            notes.append("the model's forward ran compiled (or out of sight of its hooks): activation statistics "
+                         "and the module of a first NaN/Inf were not collected; gradients, updates and the loss were")
         if self.failure:
             notes.append(f"watching stopped early after an internal error: {self.failure}")
         meta = {"steps": self.step, "losses_logged": self._logged.get("loss", 0),
@@ -341,7 +355,8 @@ class Doctor:
         self.step += 1
         self.activations._step = self.histograms._step = self.step
         if self._handles:
-            self._sample_hooks(self.step % self.sample_every == 0)
+            self._sample_hooks(False)
+            self._sample_due = self.step % self.sample_every == 0
         if self.step % self.flush_every == 0:
             self.flush()
             elapsed = time.perf_counter() - self._started

@@ -14,6 +14,8 @@ from __future__ import annotations
 import copyreg
 from collections import OrderedDict
 
+import torch
+
 # nn.Module attributes that hold hooks keyed by handle id (the *_with_kwargs and
 # *_always_called ones map the same ids to flags)
 HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
@@ -39,6 +41,8 @@ class Hook:
         self.fns = fns
 
     def __call__(self, *args) -> None:
+        if torch.compiler.is_compiling():
+            return  # traced into a compiled graph: add nothing to it, read nothing Dynamo would guard on
         doctor = self.doctor
         if doctor.active:
             try:

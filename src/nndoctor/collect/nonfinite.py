@@ -36,6 +36,7 @@ from .buffer import StepBuffer
 from .hooks import HOOK_DICTS
 
 INPUT, LOSS, FORWARD, BACKWARD = "<input>", "<loss>", "forward", "backward"
+OUTSIDE = "outside"   # non-finite gradients that the model's own backward, replayed, did not make
 STAGES = ("input", "output", "output_grad", "grads")
 GRAD_CHECKED = 8      # parameters whose gradients are checked every step, spread over the model
 REPLAYABLE = 4        # forward passes of one step kept for the replay (gradient accumulation runs several)
@@ -85,6 +86,7 @@ class NonFiniteSentinel:
         self.origin: dict | None = None
         self.order: list[str] = []   # leaf module names in execution order (from a sampled step)
         self.replays = 0
+        self.forwards = 0            # training forwards seen (none when the model runs compiled)
         self._max: dict[str, torch.Tensor] = {}  # stage -> largest |value| this step
         self._forwards: deque[_Forward] = deque(maxlen=REPLAYABLE)
         self._found: dict | None = None          # the replay's verdict on the first bad step
@@ -105,6 +107,7 @@ class NonFiniteSentinel:
         x = _floating(args) if args else None
         if x is None and kwargs:
             x = _floating([v for v in kwargs.values() if isinstance(v, torch.Tensor) and v.is_floating_point()])
+        self.forwards += 1
         rng = None
         if self.origin is None and self._found is None:
             rng = (torch.get_rng_state(), x.device, torch.cuda.get_rng_state(x.device)
@@ -152,7 +155,8 @@ class NonFiniteSentinel:
         self._forwards.clear()
 
     def _poll(self, step: int, row: torch.Tensor) -> None:
-        bad = row.isfinite().all().logical_not()
+        # only the model's own stages need the replay: a bad input is named by its check
+        bad = row[1:].isfinite().all().logical_not() & row[0].isfinite()
         if bad.device.type == "cpu":
             if published(bad):
                 self._found = self._replay(step)
@@ -167,10 +171,23 @@ class NonFiniteSentinel:
             self._found = self._replay(step)
 
     # ---- the replay of the first bad step -----------------------------------------------
+    def _replayed(self) -> nn.Module | None:
+        """The module to run again: DDP's and DataParallel's inner module (their own forward
+        talks to the other processes); none for FSDP, whose forward gathers shards."""
+        model = self.model
+        if type(model).__name__ in ("DistributedDataParallel", "DataParallel"):
+            model = model.module
+        if any(type(m).__name__.startswith(("FullyShardedDataParallel", "FSDP")) for m in model.modules()):
+            return None
+        return model
+
     def _replay(self, step: int) -> dict:
         """Which module made the first NaN/Inf of this step (see the module docstring)."""
         self.replays += 1
         found = {"step": step}
+        if self._replayed() is None:
+            found["replay_failed"] = "not replayed: the model's forward runs collectives"
+            return found
         for forward in list(self._forwards):
             try:
                 where = self._replay_forward(forward)
@@ -180,6 +197,9 @@ class NonFiniteSentinel:
             if where:
                 found.update(where)
                 break
+        else:
+            if self._forwards:  # forward and backward replayed finite: the gradients came from elsewhere
+                found["stage"] = OUTSIDE
         return found
 
     def _replay_forward(self, forward: _Forward) -> dict | None:
@@ -195,7 +215,7 @@ class NonFiniteSentinel:
                 inputs.append(x if x is not None and x.requires_grad else None)
 
         with self._hands_off(forward, record):
-            output = self.model(*forward.args, **(forward.kwargs or {}))
+            output = self._replayed()(*forward.args, **(forward.kwargs or {}))
             checks = torch.stack([max_abs(o) for o in outputs]).isfinite().tolist() if outputs else []
             bad = [i for i, ok in enumerate(checks) if not ok]
             if bad:  # the first module, in completion order, whose output is non-finite
@@ -295,7 +315,9 @@ class NonFiniteSentinel:
             else:
                 found = self._found if self._found and self._found["step"] == step else {}
                 origin.update(found)
-                origin.setdefault("stage", FORWARD if flags[1] else BACKWARD)
+                if flags[1]:
+                    origin["stage"] = FORWARD
+                origin.setdefault("stage", BACKWARD)
                 origin.setdefault("module", None)
             self.origin = origin
             return

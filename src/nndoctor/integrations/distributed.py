@@ -114,7 +114,9 @@ class DistributedDoctor(Doctor):
             if part["origin"] is not None:
                 self._origins.setdefault(rank, part["origin"])
         if self._origins and self.active:  # the earliest first NaN/Inf of any rank, with its rank
-            rank, origin = min(self._origins.items(), key=lambda item: (item[1]["step"], item[0]))
+            # at the same step, a rank that received the NaN in the gradient all-reduce yields to its maker
+            rank, origin = min(self._origins.items(),
+                               key=lambda item: (item[1]["step"], item[1].get("stage") == "outside", item[0]))
             self.sentinel.origin = dict(origin, rank=rank)
         return [(name, *_mean_by_step(parts)) for name, parts in merged.items()]
 

@@ -50,6 +50,10 @@ def _where_nonfinite_started(origin: dict) -> str:
     if module == "<loss>":
         return (f"the model's output was finite at step {step}, but the gradient the loss sent back was not: "
                 "the loss made it (NaN/Inf in the targets, or a log or division by zero in the loss).")
+    if origin.get("stage") == "outside":
+        return (f"the forward pass and the loss were finite at step {step} but gradients were not, and the model's "
+                "backward, replayed, made none: they came from outside it (another process's gradients in an "
+                "all-reduce, a gradient hook, or an edited .grad).")
     if origin.get("stage") == "backward":
         if module:
             return (f"the forward pass was finite at step {step}; the first non-finite gradient was made "
