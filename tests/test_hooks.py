@@ -6,6 +6,7 @@ import pickle
 import runpy
 import sys
 import textwrap
+import warnings
 import zipfile
 
 import torch
@@ -290,6 +291,8 @@ def compiled_run(watched: bool, mode: str, lr: float = 0.1):
             if doctor:
                 doctor.log(loss=loss)
     codes = sorted(f.code for f in doctor.report().findings if f.is_problem) if doctor else None
+    if doctor and mode != "eager":
+        assert doctor.compiled and any("ran compiled" in n for n in doctor.report().notes)
     return counters["stats"]["unique_graphs"], sum(counters["graph_break"].values()), codes
 
 
@@ -299,3 +302,13 @@ def test_watching_a_compiled_model_adds_no_recompile_or_graph_break():
     assert graphs <= 1 and breaks == 0
     compiled, eager = compiled_run(True, "wrapper", lr=20.0)[2], compiled_run(True, "eager", lr=20.0)[2]
     assert compiled == eager and "lr.too_high" in eager  # the same verdict as eager
+
+
+def test_a_model_fed_token_ids_is_watched_and_its_nan_found():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(20, 8), Log(), nn.Flatten(), nn.Linear(32, 3))
+    batches = [(torch.randint(0, 20, (16, 4)), torch.randint(0, 3, (16,))) for _ in range(6)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "stopped watching"
+        origin, finding = nonfinite_run(model, batches)
+    assert origin["module"] == "1" and origin["stage"] == "forward"  # log of a negative embedding value

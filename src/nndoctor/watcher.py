@@ -137,6 +137,7 @@ class Doctor:
         self._handles: list = []
         self._sampling: list = []   # activation hooks, attached for sampled steps only
         self._sample_due = False    # attach them at the next forward
+        self.compiled = False       # set from inside a compiled graph that traced our hooks (collect/hooks.py)
         self._copyable: list[type] = []  # module classes copied and pickled without our hooks
         self._started = time.perf_counter()
         self._started_at = time.time()
@@ -307,9 +308,9 @@ class Doctor:
     def _report(self) -> Report:
         findings = self._judge(final=True)
         notes = list(self.notes)
-        if self.step and not self.sentinel.forwards:
-            notes.append("the model's forward ran compiled (or out of sight of its hooks): activation statistics "
-                         "and the module of a first NaN/Inf were not collected; gradients, updates and the loss were")
+        if self.compiled:
+            notes.append("the model ran compiled: activation statistics and the module of a first NaN/Inf are not "
+                         "collected inside a compiled graph; gradients, updates and the loss were")
         if self.failure:
             notes.append(f"watching stopped early after an internal error: {self.failure}")
         meta = {"steps": self.step, "losses_logged": self._logged.get("loss", 0),
@@ -357,6 +358,9 @@ class Doctor:
         if self._handles:
             self._sample_hooks(False)
             self._sample_due = self.step % self.sample_every == 0
+            if self._sample_due and not self.sentinel.forwards and not self.compiled:
+                self._arm_sampling(None, (), {})  # the model's own forward is never called (Lightning's
+                # training_step may call its submodules): attach now, as the model's pre-hook never will
         if self.step % self.flush_every == 0:
             self.flush()
             elapsed = time.perf_counter() - self._started

@@ -41,8 +41,9 @@ class Hook:
         self.fns = fns
 
     def __call__(self, *args) -> None:
-        if torch.compiler.is_compiling():
-            return  # traced into a compiled graph: add nothing to it, read nothing Dynamo would guard on
+        if torch.compiler.is_compiling():  # traced into a compiled graph: add nothing to it, read
+            self.doctor.compiled = True     # nothing Dynamo would guard on; only say the model runs compiled
+            return
         doctor = self.doctor
         if doctor.active:
             try:

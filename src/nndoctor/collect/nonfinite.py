@@ -112,8 +112,9 @@ class NonFiniteSentinel:
         self.forwards += 1
         rng = None
         if self.origin is None and self._found is None:
-            rng = (torch.get_rng_state(), x.device, torch.cuda.get_rng_state(x.device)
-                   if x is not None and x.device.type == "cuda" else None)
+            on_cuda = x is not None and x.device.type == "cuda"
+            rng = (torch.get_rng_state(), x.device if on_cuda else None,
+                   torch.cuda.get_rng_state(x.device) if on_cuda else None)
         self._forwards.append(_Forward(args, kwargs, rng))
         if x is not None:
             self._note("input", x)
