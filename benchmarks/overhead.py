@@ -1,11 +1,19 @@
 """Overhead of watching: plain loop vs `nndoctor.watch` in the same process.
 
 Repetitions are interleaved, in a shuffled order each round, so machine noise hits all
-variants alike. Time is this process's CPU time (`time.process_time`), which
-other processes on a shared machine do not inflate; ratios of medians and of best runs are
-printed, and the second plain variant shows the noise floor. CPU, 1 thread, batch 128.
+variants alike. Time is this process's CPU time (`time.process_time`), which other
+processes on a shared machine do not inflate; ratios of medians and of best runs are
+printed, and the second plain variant shows the noise floor. CPU, 1 thread. Timed: the
+training steps under watching (its flushes and judging included; attaching and the final
+report, paid once per run, not).
 
-    python benchmarks/overhead.py [--steps 200] [--repeats 9]
+Nets: the MLP 784-512-512-10 and the small CNN (batch 128), residual MLPs of 43, 203 and 803
+modules (width 32, batch 32: small modules, where a per-module cost would show), and a small
+transformer language model (2 layers, d=64, batch 16 x 32 tokens), eager and through
+`torch.compile`; for the compiled one, the graphs Dynamo compiled after warm-up are counted
+for each variant (watching must add none).
+
+    python benchmarks/overhead.py [--steps 40] [--repeats 5] [--nets mlp,cnn,...]
 
 With `cockpit-for-pytorch` importable (install it only in a throwaway venv), Cockpit's
 economy and business configurations run side by side, tracking every step as its README's
@@ -36,10 +44,52 @@ def cnn():
                          nn.Flatten(), nn.Linear(32 * 7 * 7, 10))
 
 
-NETS = {"mlp 784-512-512-10": (mlp, (784,)), "cnn 2conv+fc, 28x28": (cnn, (1, 28, 28))}
+class Block(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.norm, self.linear, self.act = nn.LayerNorm(width), nn.Linear(width, width), nn.ReLU()
+
+    def forward(self, x):
+        return x + self.act(self.linear(self.norm(x)))
+
+
+def residual_mlp(blocks: int, width: int = 32):
+    """3 + 4 * blocks modules: blocks=10, 50, 200 give 43, 203, 803."""
+    return lambda: nn.Sequential(nn.Linear(784, width), *[Block(width) for _ in range(blocks)], nn.Linear(width, 10))
+
+
+class TinyLM(nn.Module):
+    def __init__(self, vocab: int = 64, d: int = 64):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        layer = nn.TransformerEncoderLayer(d, 4, 2 * d, dropout=0.1, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(d, vocab)
+
+    def forward(self, tokens):
+        return self.head(self.encoder(self.embed(tokens))).flatten(0, 1)
+
+
+def batch(shape, n=128, classes=10):
+    return torch.randn(n, *shape), torch.randint(0, classes, (n,))
+
+
+def tokens():
+    x = torch.randint(0, 64, (16, 32))
+    return x, torch.roll(x, -1, 1).flatten()
+
+
+# name -> (build, data, compiled)
+NETS = {
+    "mlp 784-512-512-10": (mlp, lambda: batch((784,)), False),
+    "cnn 2conv+fc, 28x28": (cnn, lambda: batch((1, 28, 28)), False),
+    **{f"residual mlp, {3 + 4 * b} modules": (residual_mlp(b), lambda: batch((784,), n=32), False)
+       for b in (10, 50, 200)},
+    "transformer, eager": (TinyLM, tokens, False),
+    "transformer, compiled": (TinyLM, tokens, True),
+}
 # "plain (again)" measures the noise floor: its ratio to "plain" is what the machine alone does
-VARIANTS = {"plain": None, "plain (again)": None, "watch (default)": {},
-            "watch (every step)": {"sample_every": 1, "flush_every": 1}}
+VARIANTS = {"plain": None, "plain (again)": None, "watch (default)": {}}
 try:  # Cockpit side by side, where it is installed (only ever in a throwaway venv, never in CI)
     import cockpit  # noqa: F401
     VARIANTS.update({"cockpit (economy)": "economy", "cockpit (business)": "business"})
@@ -47,34 +97,50 @@ except ImportError:
     pass
 
 
-def time_steps(build, shape, steps: int, options, cockpit_steps: int) -> float:
-    torch.manual_seed(0)
-    model = build()
-    opt = torch.optim.SGD(model.parameters(), 0.01, momentum=0.9)
-    x = torch.randn(128, *shape)
-    y = torch.randint(0, 10, (128,))
-    loss_fn = nn.CrossEntropyLoss()
+class Setup:
+    """One variant's model, optimizer and batch, built once and reused by every repeat (a
+    compiled model compiles once, in the warm-up)."""
 
-    def loop(doctor=None):
+    def __init__(self, build, data, compiled: bool):
+        torch.manual_seed(0)
+        self.model = build()
+        self.opt = torch.optim.SGD(self.model.parameters(), 0.01, momentum=0.9)
+        self.x, self.y = data()
+        self.run = torch.compile(self.model) if compiled else self.model
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.graphs_after_warmup = 0
+
+    def loop(self, steps: int, doctor=None) -> None:
         for _ in range(steps):
-            loss = loss_fn(model(x), y)
-            opt.zero_grad()
+            loss = self.loss_fn(self.run(self.x), self.y)
+            self.opt.zero_grad()
             loss.backward()
-            opt.step()
+            self.opt.step()
             if doctor is not None:
                 doctor.log(loss=loss)
 
+
+def compiled_graphs() -> int:
+    from torch._dynamo.utils import counters
+    return counters["stats"]["unique_graphs"]
+
+
+def time_steps(setup: Setup, steps: int, options, cockpit_steps: int) -> float:
     if isinstance(options, str):
-        return time_cockpit(model, opt, x, y, min(steps, cockpit_steps), options)
-    loop()  # warm-up outside the timing
-    start = time.process_time()
+        return time_cockpit(setup.model, setup.opt, setup.x, setup.y, min(steps, cockpit_steps), options)
+    graphs = compiled_graphs()
     if options is None:
-        loop()
-    else:
-        with nndoctor.watch(model, opt, **options) as doctor:
-            loop(doctor)
+        start = time.process_time()
+        setup.loop(steps)
+        elapsed = time.process_time() - start
+    else:  # the steps under watching, flushes and judging included; attaching and the final report not
+        with nndoctor.watch(setup.model, setup.opt, **options) as doctor:
+            start = time.process_time()
+            setup.loop(steps, doctor)
+            elapsed = time.process_time() - start
         doctor.report()
-    return (time.process_time() - start) / steps * 1000
+    setup.graphs_after_warmup += compiled_graphs() - graphs
+    return elapsed / steps * 1000
 
 
 def time_cockpit(model, opt, x, y, steps: int, config: str) -> float:
@@ -104,24 +170,37 @@ def time_cockpit(model, opt, x, y, steps: int, config: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cockpit-steps", type=int, default=10)
+    parser.add_argument("--nets", default="", help="comma-separated name prefixes (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     random.seed(0)
-    print(f"torch {torch.__version__}, 1 thread, batch 128, {args.steps} steps x {args.repeats} interleaved repeats")
-    for net, (build, shape) in NETS.items():
+    wanted = [n.strip() for n in args.nets.split(",") if n.strip()]
+    print(f"torch {torch.__version__}, 1 thread, CPU time, {args.steps} steps x {args.repeats} interleaved repeats")
+    print(f"{'net':30s} {'variant':18s} {'ms/step':>8s} {'median':>7s} {'best':>7s} {'graphs':>6s}")
+    for net, (build, data, compiled) in NETS.items():
+        if wanted and not any(net.startswith(w) for w in wanted):
+            continue
+        setups = {v: Setup(build, data, compiled) for v in VARIANTS}
+        for variant, setup in setups.items():  # warm-up (and compilation) outside the timing
+            if isinstance(VARIANTS[variant], dict):
+                with nndoctor.watch(setup.model, setup.opt, **VARIANTS[variant]) as doctor:
+                    setup.loop(max(3, args.steps // 4), doctor)  # compiled with the watcher's hooks in place
+            setup.loop(3)
         times = {v: [] for v in VARIANTS}
         order = list(VARIANTS)
         for _ in range(args.repeats):
             random.shuffle(order)  # no variant always follows the heavy one
             for variant in order:
-                times[variant].append(time_steps(build, shape, args.steps, VARIANTS[variant], args.cockpit_steps))
+                times[variant].append(time_steps(setups[variant], args.steps, VARIANTS[variant], args.cockpit_steps))
         plain, plain_best = statistics.median(times["plain"]), min(times["plain"])
         for variant in VARIANTS:
             ms, best = statistics.median(times[variant]), min(times[variant])
-            print(f"{net:22s} {variant:20s} {ms:8.2f} ms/step  median {ms / plain:5.3f}x  best {best / plain_best:5.3f}x plain")
+            graphs = str(setups[variant].graphs_after_warmup) if compiled else "-"
+            print(f"{net:30s} {variant:18s} {ms:8.2f} {ms / plain:6.3f}x {best / plain_best:6.3f}x {graphs:>6s}",
+                  flush=True)
 
 
 if __name__ == "__main__":

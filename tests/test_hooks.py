@@ -1,10 +1,12 @@
 """The watcher's hooks: a watched model pickles, saves and copies as it would unwatched."""
+import contextlib
 import copy
 import io
 import pickle
 import runpy
 import sys
 import textwrap
+import warnings
 import zipfile
 
 import torch
@@ -42,6 +44,12 @@ CHECKPOINTING = """
 """
 
 
+def pending(doctor) -> int:
+    """Tensors the sentinel holds until a step ends or a flush."""
+    s = doctor.sentinel
+    return len(s._forwards) + len(s._values) + len(s.rows)
+
+
 def test_watched_model_pickles_saves_and_deep_copies():
     model = make_model()
     opt = torch.optim.SGD(model.parameters(), 0.1)
@@ -60,10 +68,10 @@ def test_watched_model_pickles_saves_and_deep_copies():
     assert b"nndoctor" not in blob and b"nndoctor" not in saved.getvalue()  # loads without nndoctor
     reloaded = pickle.loads(blob)
     assert all(torch.equal(a, b) for a, b in zip(reloaded.parameters(), model.parameters()))
-    calls = len(doctor.sentinel._calls)
+    held = pending(doctor)
     for _ in range(50):
         twin(X[:32]).sum().backward()  # the copy runs on after the watch ended
-    assert len(doctor.sentinel._calls) == calls and hooks_left(twin, unwatched) == 0
+    assert pending(doctor) == held and hooks_left(twin, unwatched) == 0
 
 
 def test_hook_reached_another_way_copies_inert():
@@ -73,7 +81,7 @@ def test_hook_reached_another_way_copies_inert():
         copied = copy.deepcopy(model[0]._forward_hooks)
     for hook in [*hooks.values(), *copied.values()]:
         assert hook(model[0], (torch.zeros(1, 8),), torch.zeros(1, 32)) is None
-    assert doctor.sentinel._calls == []
+    assert pending(doctor) == 0
 
 
 def test_checkpointing_script_under_nndoctor_watch_matches_the_plain_run(tmp_path):
@@ -92,3 +100,217 @@ def test_checkpointing_script_under_nndoctor_watch_matches_the_plain_run(tmp_pat
     pickled = [zipfile.ZipFile(tmp_path / f"{name}.pt.epoch3.pt").read(f"{name}.pt.epoch3/data.pkl")
                for name in ("plain", "watched")]
     assert pickled[0] == pickled[1]  # torch.save(model) wrote exactly what it writes unwatched
+
+
+# ---- where NaN/Inf starts: one truth each --------------------------------------------
+class Log(nn.Module):
+    def forward(self, x):
+        return torch.log(x)
+
+
+class Magnitude(nn.Module):
+    """Appends each row's norm, sqrt(sum x^2): finite forward, but 0/0 in its backward at a zero row."""
+    def forward(self, x):
+        return torch.cat([x, x.pow(2).sum(1, keepdim=True).sqrt()], 1)
+
+
+class Scale(nn.Module):
+    def __init__(self, factor):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):
+        return x * self.factor
+
+
+def nonfinite_run(model, batches, loss_fn=nn.functional.cross_entropy, lr=0.01):
+    opt = torch.optim.SGD(model.parameters(), lr)
+    with nndoctor.watch(model, opt, flush_every=5) as doctor:
+        for x, y in batches:
+            loss = loss_fn(model(x), y)
+            opt.zero_grad(); loss.backward(); opt.step()
+            doctor.log(loss=loss)
+    finding = doctor.report().get("loss.nonfinite")
+    assert finding is not None
+    return finding.evidence["origin"], finding
+
+
+def classification_batches(n=12, width=8, bad=None):
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for step in range(n):
+        x = torch.randn(32, width, generator=g)
+        y = (x[:, 0] > 0).long()
+        out.append(bad(step, x, y) if bad else (x, y))
+    return out
+
+
+def test_nan_only_in_the_target_is_blamed_on_the_loss():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+
+    def nan_target(step, x, y):
+        y = x[:, :1].clone()
+        if step == 4:
+            y[3] = float("nan")
+        return x, y
+    origin, finding = nonfinite_run(model, classification_batches(bad=nan_target), nn.functional.mse_loss)
+    assert origin["module"] == "<loss>" and origin["step"] == 4
+    assert finding.where is None and "parameters" not in finding.message
+
+
+def test_inf_made_only_in_the_backward_is_blamed_on_its_module():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16, bias=False), Magnitude(), nn.Linear(17, 3))
+
+    def zero_row(step, x, y):
+        if step == 3:
+            x[5] = 0.0  # no bias: the first layer's output row is zero, its norm's gradient 0/0
+        return x, y
+    origin, finding = nonfinite_run(model, classification_batches(bad=zero_row))
+    assert origin == {"step": 3, "module": "1", "stage": "backward"}
+    assert finding.where == "1" and "backward pass of `1`" in finding.message
+
+
+def test_nan_in_one_row_of_a_large_activation_is_found():
+    torch.manual_seed(0)
+    model = nn.Sequential(Log(), nn.Linear(256, 3))  # log's output: 512 x 256 values per step
+
+    def one_zero(step, x, y):
+        x = torch.rand(512, 256, generator=torch.Generator().manual_seed(step)) + 0.1
+        if step == 2:
+            x[1, 7] = 0.0  # one value of one odd row
+        return x, (x[:, 0] > 0.6).long()
+    origin, finding = nonfinite_run(model, classification_batches(n=6, bad=one_zero))
+    assert origin["module"] == "0" and origin["step"] == 2 and finding.where == "0"
+
+
+def test_large_finite_activations_are_not_read_as_nonfinite():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 1000), Scale(1e36), Scale(1e-36), nn.Linear(1000, 3))  # sums overflow float32
+
+    def nan_input(step, x, y):
+        if step == 6:
+            x[0, 0] = float("nan")
+        return x, y
+    origin, _ = nonfinite_run(model, classification_batches(bad=nan_input))
+    assert origin == {"step": 6, "module": "<input>"}
+
+
+def test_no_runaway_update_said_when_the_parameters_were_finite():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    with torch.no_grad():
+        model[0].weight.fill_(1e38)  # finite, but its products overflow: Inf from finite weights
+    origin, finding = nonfinite_run(model, classification_batches())
+    assert origin["module"] == "0" and origin["step"] == 0 and origin["bad_parameters"] == []
+    assert "already non-finite" not in finding.message and "from finite inputs and parameters" in finding.message
+
+
+# ---- cost and memory ------------------------------------------------------------------
+class Block(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.norm, self.linear, self.act = nn.LayerNorm(width), nn.Linear(width, width), nn.ReLU()
+
+    def forward(self, x):
+        return x + self.act(self.linear(self.norm(x)))
+
+
+def residual_mlp(blocks, width=16):
+    return nn.Sequential(nn.Linear(8, width), *[Block(width) for _ in range(blocks)], nn.Linear(width, 3))
+
+
+def test_unsampled_steps_cost_the_same_python_calls_at_every_model_size(monkeypatch):
+    from nndoctor.collect import hooks
+    calls = []
+    original = hooks.Hook.__call__
+    monkeypatch.setattr(hooks.Hook, "__call__", lambda self, *a: (calls.append(1), original(self, *a))[1])
+    X, y = make_data()
+    per_step = {}
+    for blocks in (2, 40):  # 11 and 163 modules
+        torch.manual_seed(0)
+        model = residual_mlp(blocks)
+        opt = torch.optim.SGD(model.parameters(), 0.01)
+        with nndoctor.watch(model, opt, sample_every=10) as doctor:
+            for step in range(10):
+                calls.clear()
+                loss = nn.functional.cross_entropy(model(X[:32]), y[:32])
+                opt.zero_grad(); loss.backward(); opt.step()
+                doctor.log(loss=loss)
+        per_step[blocks] = len(calls)  # the last step: unsampled
+    assert per_step[2] == per_step[40] <= 5
+
+
+def test_sentinel_memory_is_bounded_without_an_optimizer_and_after_a_new_one():
+    from nndoctor.collect.nonfinite import CHECKS_HELD, REPLAYABLE
+    X, y = make_data()
+    model = make_model()
+    old = torch.optim.SGD(model.parameters(), 0.01)
+    held = []
+    with nndoctor.watch(model, old, flush_every=10) as replaced, nndoctor.watch(make_model()) as bare:
+        new = torch.optim.SGD(model.parameters(), 0.01)  # the script replaces its optimizer
+        for step in range(600):
+            loss = nn.functional.cross_entropy(model(X[:32]), y[:32])
+            new.zero_grad(); loss.backward(); new.step()
+            bare.model(X[:32]).sum().backward()  # watch(model): no optimizer, nothing logged
+            held.append(max(pending(replaced), pending(bare)))
+    assert max(held) <= CHECKS_HELD + REPLAYABLE and max(held[300:]) == max(held[:300])
+
+
+def test_nonfinite_gradient_made_outside_the_model_is_said_so():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    steps = iter(range(100))
+    model[0].weight.register_hook(lambda g: g * float("nan") if next(steps) == 3 else None)  # a user's hook
+    origin, finding = nonfinite_run(model, classification_batches())
+    assert origin["step"] == 3 and origin["stage"] == "outside" and finding.where is None
+
+
+# ---- torch.compile ---------------------------------------------------------------------
+def compiled_run(watched: bool, mode: str, lr: float = 0.1):
+    """30 steps of a tiny classifier run eagerly, through `torch.compile(model)` or after
+    `model.compile()`: (graphs compiled, graph breaks, finding codes)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr)
+    run = torch.compile(model) if mode == "wrapper" else model
+    if mode == "in place":
+        model.compile()
+    X, y = make_data()
+    doctor = nndoctor.watch(model, opt, sample_every=5, flush_every=10) if watched else None
+    with doctor or contextlib.nullcontext():
+        for step in range(30):
+            i = (step % 8) * 32
+            loss = nn.functional.cross_entropy(run(X[i:i + 32]), y[i:i + 32])
+            opt.zero_grad(); loss.backward(); opt.step()
+            if doctor:
+                doctor.log(loss=loss)
+    codes = sorted(f.code for f in doctor.report().findings if f.is_problem) if doctor else None
+    if doctor and mode != "eager":
+        notes = doctor.report().notes
+        assert doctor.compiled and any("ran compiled" in n for n in notes)
+        assert any("pre-flight checks did not run: the model runs compiled" in n for n in notes)
+    return counters["stats"]["unique_graphs"], sum(counters["graph_break"].values()), codes
+
+
+def test_watching_a_compiled_model_adds_no_recompile_or_graph_break():
+    assert compiled_run(True, "wrapper")[:2] == compiled_run(False, "wrapper")[:2] == (1, 0)
+    graphs, breaks, _ = compiled_run(True, "in place")  # (unwatched, torch 2.13 runs this model uncompiled)
+    assert graphs <= 1 and breaks == 0
+    compiled, eager = compiled_run(True, "wrapper", lr=20.0)[2], compiled_run(True, "eager", lr=20.0)[2]
+    assert compiled == eager and "lr.too_high" in eager  # the same verdict as eager
+
+
+def test_a_model_fed_token_ids_is_watched_and_its_nan_found():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(20, 8), Log(), nn.Flatten(), nn.Linear(32, 3))
+    batches = [(torch.randint(0, 20, (16, 4)), torch.randint(0, 3, (16,))) for _ in range(6)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "stopped watching"
+        origin, finding = nonfinite_run(model, batches)
+    assert origin["module"] == "1" and origin["stage"] == "forward"  # log of a negative embedding value

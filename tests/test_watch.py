@@ -56,15 +56,49 @@ def test_watching_changes_nothing_and_leaves_no_hook():
     assert doctor.report().meta["steps"] == 24
 
 
-def test_no_sync_between_flushes(monkeypatch):
+# ops that make the host wait for a device (a CUDA sync): reading a value, or an output whose
+# size depends on the values (bincount, nonzero, boolean-mask indexing, unique)
+SYNCING = [(torch.Tensor, name) for name in ("item", "__float__", "__int__", "__bool__", "tolist", "cpu", "numpy",
+                                             "nonzero", "masked_select", "unique")] + \
+          [(torch, name) for name in ("bincount", "nonzero", "masked_select", "unique", "histogramdd")]
+
+
+def count_syncs(monkeypatch) -> list:
+    """The CPU proxy for device syncs: every syncing op called, except the sentinel's reads
+    of checks the device has already published (`nonfinite.published`, which never waits)."""
+    from nndoctor.collect import nonfinite
+    calls, allowed = [], []
+    for owner, name in SYNCING:
+        original = getattr(owner, name)
+        def counted(*a, _o=original, _n=name, **k):
+            if not allowed:
+                calls.append(_n)
+            return _o(*a, **k)
+        monkeypatch.setattr(owner, name, counted)
+    getitem = torch.Tensor.__getitem__
+    def masked(self, index):
+        if isinstance(index, torch.Tensor) and index.dtype == torch.bool and not allowed:
+            calls.append("boolean mask")
+        return getitem(self, index)
+    monkeypatch.setattr(torch.Tensor, "__getitem__", masked)
+    published = nonfinite.published
+    def reading(*a, **k):
+        allowed.append(1)
+        try:
+            return published(*a, **k)
+        finally:
+            allowed.pop()
+    monkeypatch.setattr(nonfinite, "published", reading)
+    return calls
+
+
+@pytest.mark.parametrize("sample_every", [20, 1])
+def test_no_sync_between_flushes(monkeypatch, sample_every):
     model = make_model()
     opt = torch.optim.SGD(model.parameters(), 0.1, momentum=0.9)  # Adam itself calls .item() on CPU
-    calls = []
-    for name in ("item", "__float__", "tolist", "cpu", "numpy"):
-        original = getattr(torch.Tensor, name)
-        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _o=original, _n=name, **k: (calls.append(_n), _o(self, *a, **k))[1])
     X, y = make_data()
-    with nndoctor.watch(model, opt, flush_every=20) as doctor:
+    calls = count_syncs(monkeypatch)
+    with nndoctor.watch(model, opt, flush_every=20, sample_every=sample_every) as doctor:
         for i in range(19):  # one short of the first flush
             loss = nn.functional.cross_entropy(model(X[:32]), y[:32])
             opt.zero_grad(); loss.backward(); opt.step()

@@ -4,8 +4,10 @@
         ...; doctor.log(loss=loss)
     report = doctor.report()
 
-Only hooks are used (forward hooks, optimizer step pre/post hooks, a tensor hook on the
-output layer's parameters); none of them changes a value the training computes. Collectors
+Only hooks are used, and none changes a value the training computes: every step, a forward
+pre-hook and a forward hook on the model and a tensor hook on its output (the non-finite
+sentinel) and the optimizer's step pre/post hooks; on sampled steps, forward hooks on the
+modules and tensor hooks on the last parameters. No hook per module runs on other steps. Collectors
 write to device buffers; every `flush_every` steps one transfer moves them to the CPU
 history and the rules run, so a diverging run is named within tens of steps. Any exception
 in the doctor's own code is reported once as a warning and switches watching off; the
@@ -33,7 +35,7 @@ from .collect.activations import ActivationCollector
 from .collect.buffer import StepBuffer
 from .collect.case import CaseCapture, is_examining
 from .collect.forwards import ForwardCollector
-from .collect.gradients import GradientCollector, local_tensor
+from .collect.gradients import GradientCollector
 from .collect.histograms import HistogramCollector
 from .collect.loop import LoopCollector
 from .collect.nonfinite import NonFiniteSentinel
@@ -162,6 +164,8 @@ class Doctor:
         self._scalars = StepBuffer()
         self._handles: list = []
         self._sampling: list = []   # activation hooks, attached for sampled steps only
+        self._sample_due = False    # attach them at the next forward
+        self.compiled = False       # set from inside a compiled graph that traced our hooks (collect/hooks.py)
         self._copyable: list[type] = []  # module classes copied and pickled without our hooks
         self._started = time.perf_counter()
         self._started_at = time.time()
@@ -175,10 +179,11 @@ class Doctor:
         self.module_names = {m: (n or type(model).__name__) for n, m in model.named_modules()}
         self.module_types = module_types(model)
         try:
+            self.sentinel = NonFiniteSentinel(model, self.module_names)
+            self.sentinel.wrap = self._guard_hook
             self._watch_parameters()
             self.activations = ActivationCollector(model, self.module_names)
             self.histograms = HistogramCollector(self.module_names)  # for the report's plots only
-            self.sentinel = NonFiniteSentinel(model, self.module_names)
         except Exception as exc:  # a valid module we cannot read: watch nothing, say why
             self._fail(exc)
             self.params, self.not_in_optimizer, self._lazy = [], [], False
@@ -201,6 +206,7 @@ class Doctor:
         self.grads = GradientCollector(self.params)
         self.updates = UpdateCollector(self.params)
         self.loop = LoopCollector(self.params, self.model)
+        self.sentinel.check_gradients(self.params)
 
     def _parameter_views(self, params: list) -> list:
         """The watched tensors for the chosen parameters: themselves (a sharded wrapper may
@@ -224,11 +230,10 @@ class Doctor:
         if self.optimizer is not None and self.step_hooks:
             h.append(self.optimizer.register_step_pre_hook(self._before_step))
             h.append(self.optimizer.register_step_post_hook(self._after_step_hook))
-        h += self._forward_hook(self.model, [self.sentinel.on_input], pre=True)
-        h += self._forward_hook(self.model, [self.forwards.on_forward])
-        for module, hook in self.sentinel.modules():
-            h += self._forward_hook(module, [hook])
-        self._sample_hooks(self.step % self.sample_every == 0)
+        # every step: three checks on the model as a whole, none per module (collect/nonfinite.py)
+        h += self._forward_hook(self.model, [self._arm_sampling, self.sentinel.on_input], pre=True)
+        h += self._forward_hook(self.model, [self.sentinel.on_output, self.forwards.on_forward])
+        self._sample_due = self.step % self.sample_every == 0
         if self._unhookable:
             kinds = sorted({type(m).__name__ for m in self._unhookable})
             note = (f"{len(self._unhookable)} module(s) take no forward hooks ({', '.join(kinds)}): "
@@ -242,11 +247,20 @@ class Doctor:
         if module in self._unhookable:
             return []
         try:
-            register = module.register_forward_pre_hook if pre else module.register_forward_hook
-            return [register(self._guard_hook(fns))]
+            if pre:  # with the keyword arguments: models called as model(input_ids=..., ...)
+                return [module.register_forward_pre_hook(self._guard_hook(fns), with_kwargs=True)]
+            return [module.register_forward_hook(self._guard_hook(fns))]
         except Exception:
             self._unhookable.add(module)
             return []
+
+    def _arm_sampling(self, module, args, kwargs) -> None:
+        """At the first forward of a sampled step, attach the sampling hooks. Only an eager
+        forward gets here: in a compiled graph our hooks are inert (collect/hooks.py), so a
+        compiled model never sees hooks come and go, which would make Dynamo recompile."""
+        if self._sample_due:
+            self._sample_due = False
+            self._sample_hooks(True)
 
     def _sample_hooks(self, on: bool) -> None:
         """Attach the hooks of a sampled step (activations on its forward pass, stale gradients
@@ -256,7 +270,8 @@ class Doctor:
         self._sampling = []
         if on and self.active:
             per_module: dict[nn.Module, list] = {}
-            for module, hook in [*self.activations.modules(), *self.histograms.modules()]:
+            order = [] if self.sentinel.order else self.sentinel.order_modules()
+            for module, hook in [*self.activations.modules(), *self.histograms.modules(), *order]:
                 per_module.setdefault(module, []).append(hook)
             self._sampling = [handle for module, hooks in per_module.items()
                               for handle in self._forward_hook(module, hooks)]
@@ -333,6 +348,9 @@ class Doctor:
     def _report(self) -> Report:
         findings = self._judge(final=True)
         notes = self.preflight_notes + list(self.notes)
+        if self.compiled:
+            notes.append("the model ran compiled: activation statistics and the module of a first NaN/Inf are not "
+                         "collected inside a compiled graph; gradients, updates and the loss were")
         if self.failure:
             notes.append(f"watching stopped early after an internal error: {self.failure}")
         meta = {"steps": self.step, "losses_logged": self._logged.get("loss", 0),
@@ -421,7 +439,11 @@ class Doctor:
         self.step += 1
         self.activations._step = self.histograms._step = self.step
         if self._handles:
-            self._sample_hooks(self.step % self.sample_every == 0)
+            self._sample_hooks(False)
+            self._sample_due = self.step % self.sample_every == 0
+            if self._sample_due and not self.sentinel.forwards and not self.compiled:
+                self._arm_sampling(None, (), {})  # the model's own forward is never called (Lightning's
+                # training_step may call its submodules): attach now, as the model's pre-hook never will
         if self.step % self.flush_every == 0:
             self.flush()
             elapsed = time.perf_counter() - self._started
@@ -464,7 +486,6 @@ class Doctor:
         self._flushes += 1
         if self._flushes % PROBE_EVERY == 1 and self.activations.rnn_inputs:
             self._probe_rnns()
-        had_origin = self.sentinel.origin is not None
         self.sentinel.flush()  # before the reducer: DDP exchanges each rank's NaN origin with the rows
         if self.reducer:
             rows = self.reducer(self, rows)
@@ -472,16 +493,6 @@ class Doctor:
             self.history[name].extend(steps, values)
         for sink in self.sinks:
             sink.flushed(self, rows)
-        if self.sentinel.origin is not None and not had_origin:
-            self._explain_origin(self.sentinel.origin)
-
-    def _explain_origin(self, origin: dict) -> None:
-        """Say whether the first module's own parameters were already non-finite."""
-        module = next((m for m, n in self.module_names.items() if n == origin["module"]), None)
-        if module is not None:
-            bad = [n for n, p in module.named_parameters(recurse=False)
-                   if not torch.isfinite(local_tensor(p.detach())).all()]  # a DTensor op could start a collective
-            origin["bad_parameters"] = bad
 
     # ---- judge -------------------------------------------------------------------------
     def _judge(self, final: bool) -> list[Finding]:

@@ -30,6 +30,7 @@ objects are never run or changed here.
 from __future__ import annotations
 
 import inspect
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -195,6 +196,9 @@ class CaseCapture(TorchFunctionMode):
 
     # ---- on / off -----------------------------------------------------------------
     def install(self) -> None:
+        if self.model is not None and any(getattr(m, "_compiled_call_impl", None) for m in self.model.modules()):
+            self._skip_compiled()  # model.compile(): its first call would be traced with our hooks in it
+            return
         from torch.nn.modules import module as hooks
         self._handles = [hooks.register_module_forward_pre_hook(self._enter_module),
                          hooks.register_module_forward_hook(self._leave_module, always_call=True)]
@@ -226,8 +230,20 @@ class CaseCapture(TorchFunctionMode):
             return id(module) in self._members
         return any(p.requires_grad for p in module.parameters())
 
+    def _skip_compiled(self) -> None:
+        """A compiled model's first step is not captured: Dynamo would trace the capture's hooks
+        and mode into the graph and compile it again once they are gone; running the step eagerly
+        instead would change its floating-point results."""
+        self.finish()
+        self._examined = ([], ["The pre-flight checks did not run: the model runs compiled (torch.compile), and "
+                               "capturing its first step would recompile it. Call nndoctor.checkup on the eager "
+                               "model before compiling it for the structure, init, data and loss checks."], {}, None)
+
     def _enter_module(self, module, args) -> None:
         if self.done:
+            return
+        if _compiled_wrapper(module) and self._wanted(module._orig_mod):
+            self._skip_compiled()  # torch.compile(model) is called: before Dynamo traces anything
             return
         if isinstance(module, nn.modules.loss._Loss) and self._loss_module is None:
             self._loss_module = module
@@ -417,6 +433,12 @@ class CaseCapture(TorchFunctionMode):
         module, inputs, out = call
         return Captured(module, inputs, out.detach(),
                         target.detach() if isinstance(target, torch.Tensor) else None, loss, error=error)
+
+
+def _compiled_wrapper(module: nn.Module) -> bool:
+    """`torch.compile(model)`'s wrapper (Dynamo is imported by then; importing it here costs seconds)."""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    return eval_frame is not None and isinstance(module, eval_frame.OptimizedModule)
 
 
 def _leading(args, kwargs):

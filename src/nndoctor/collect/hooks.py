@@ -14,6 +14,8 @@ from __future__ import annotations
 import copyreg
 from collections import OrderedDict
 
+import torch
+
 from .case import is_examining
 
 # nn.Module attributes that hold hooks keyed by handle id (the *_with_kwargs and
@@ -41,6 +43,9 @@ class Hook:
         self.fns = fns
 
     def __call__(self, *args) -> None:
+        if torch.compiler.is_compiling():  # traced into a compiled graph: add nothing to it, read
+            self.doctor.compiled = True     # nothing Dynamo would guard on; only say the model runs compiled
+            return
         doctor = self.doctor
         if doctor.active and not is_examining():
             try:

@@ -1,95 +1,325 @@
-"""Where NaN/Inf starts: every training forward pass, the output of each leaf module that
-can create a NaN/Inf from finite inputs is summed on the device (one reduction, accumulated in float32 so fp16 outputs do not overflow it).
-A sum is non-finite exactly when the output holds a NaN/Inf (or overflows float32, which is
-as bad). The rows reach the CPU with the other buffers; the first step with a non-finite
-sum, and the first module in execution order at that step, is where it started. The
-model's input is checked the same way, so bad data is told apart from a bad op.
+"""Where NaN/Inf starts, at a cost per step that does not grow with the model.
+
+Every training step the sentinel checks four things on the device, with no Python call per
+module: the model's input (a forward pre-hook on the model), its output (a forward hook),
+the gradient the loss sends back into the output (a tensor hook on the output), and the
+gradients of a few parameters spread over the model (at the optimizer step). Each check is
+the largest |value| (`vector_norm(ord=inf)`): non-finite exactly when a NaN/Inf is there,
+never an overflow of finite values (a float32 sum of large ones would be), and every value
+of a tensor is seen (no strided sample that one bad row could slip through).
+
+The checks tell the stage where the first non-finite value appeared: the data (`<input>`),
+the model's forward, the loss (the output was finite but its gradient was not: NaN
+targets, a log of 0 in a hand-written loss: `<loss>`), or the model's backward. For the
+model's own stages the module is found by replaying the step: the checks are read when the
+device has them (`published`, never waiting), at the optimizer step, before the update, so
+the parameters are the ones the step used; the step's input then runs through the model
+again with a check on every module's output and, for the backward, the captured output
+gradient is sent back with `torch.autograd.grad` (nothing reaches `.grad`). The replay
+forks the RNG from the state the step started with, restores every buffer (BatchNorm
+statistics) and calls none of the user's hooks, so training goes on as if it had not run.
+It runs once, for the first non-finite step.
 """
 from __future__ import annotations
 
-import math
+import contextlib
+import functools
+from collections import deque
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.modules import module as module_globals
 
 from .activations import first_tensor
 from .buffer import StepBuffer
+from .hooks import HOOK_DICTS
 
-INPUT = "<input>"
-ROWS_LIMIT = 1 << 16  # values summed per module output and step; the model input is summed in full
-# Modules that cannot turn finite inputs into NaN/Inf: they can only pass one on, so they need
-# no sentinel (and the step pays for fewer Python calls).
-PASS_THROUGH = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardtanh,
-                nn.Softsign, nn.Softmax, nn.modules.dropout._DropoutNd, nn.modules.pooling._MaxPoolNd,
-                nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
-                nn.modules.pooling._AdaptiveMaxPoolNd, nn.Flatten, nn.Unflatten, nn.Identity)
+INPUT, LOSS, FORWARD, BACKWARD = "<input>", "<loss>", "forward", "backward"
+OUTSIDE = "outside"   # non-finite gradients that the model's own backward, replayed, did not make
+GRAD_CHECKED = 3      # parameters whose gradients are checked every step: first, middle, last
+CHECKS_HELD = 256     # checks kept while no step ends (a model called without an optimizer step)
+REPLAYABLE = 4        # forward passes of one step kept for the replay (gradient accumulation runs several)
+GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                "_global_backward_pre_hooks", "_global_forward_hooks_always_called",
+                "_global_forward_hooks_with_kwargs")
 
 
-def rows_sample(t: torch.Tensor, limit: int = ROWS_LIMIT) -> torch.Tensor:
-    """A strided view of whole rows (batch entries) with about `limit` values: an extra pass
-    over a large conv activation costs more than the rest of the watching. A NaN made inside
-    a module spreads over its output, so the rows seen still catch it; a NaN confined to one
-    input row is caught by the full check of the model's input."""
-    if t.numel() <= limit or t.dim() == 0 or t.shape[0] < 2:
-        return t
-    per_row = max(1, t.numel() // t.shape[0])
-    return t[:: math.ceil(t.shape[0] / max(1, limit // per_row))]
+def extremes(t: torch.Tensor) -> list[torch.Tensor]:
+    """[min, max] as 0-d tensors: both finite exactly when `t` holds no NaN/Inf (a NaN
+    propagates into both), and never an overflow of finite values. On the CPU `aminmax` is
+    10-20x cheaper than `isfinite().all()` or an inf-norm."""
+    if t.numel() == 0:
+        return []
+    return list(torch.aminmax(t.detach()))  # (stacked at the step's end, in float32 or wider)
+
+
+def published(flag: torch.Tensor | None, event=None) -> bool | None:
+    """The value of a 0-d check if the host already has it, else None; never waits. On the
+    CPU a tensor is host memory; an accelerator's check is a pinned copy read once its
+    `event` has completed. The only place the sentinel reads a value between flushes."""
+    if flag is None or (event is not None and not event.query()):
+        return None
+    return bool(flag)
+
+
+def _floating(value) -> torch.Tensor | None:
+    t = first_tensor(value)
+    return t if t is not None and t.is_floating_point() else None
+
+
+class _Forward:
+    """One training forward pass of the model, kept until the step ends for a replay."""
+    __slots__ = ("args", "kwargs", "rng", "checks", "output_grad")
+
+    def __init__(self, args, kwargs, rng):
+        self.args, self.kwargs, self.rng = args, kwargs, rng
+        self.checks: list[torch.Tensor] = []
+        self.output_grad: torch.Tensor | None = None
 
 
 class NonFiniteSentinel:
     def __init__(self, model: nn.Module, names: dict[nn.Module, str]):
         self.model = model
         self.names = names
+        self.checked: list[nn.Parameter] = []
         self.rows = StepBuffer()
         self.origin: dict | None = None
-        self.order: list[str] = []  # module names in execution order, from the first pass
-        self._calls: list[str] = []
-        self._sums: list[torch.Tensor] = []
+        self.order: list[str] = []   # leaf module names in execution order (from a sampled step)
+        self.replays = 0
+        self.forwards = 0            # training forwards seen (none when the model runs compiled)
+        self._stages: list[str] = []              # the checks of this step: their stage ...
+        self._values: list[torch.Tensor] = []     # ... and their 0-d values, stacked at the step's end
+        self._forwards: deque[_Forward] = deque(maxlen=REPLAYABLE)
+        self._found: dict | None = None          # the replay's verdict on the first bad step
+        self._pending: list = []                 # (step, pinned flag, event) awaiting the device
+        self._replaying = False
+        self.wrap = lambda fns: fns[0]  # the watcher wraps the output's tensor hook in its guard
 
-    def modules(self):
-        for module, name in self.names.items():
-            leaf = module is not self.model and not any(True for _ in module.children())
-            if leaf and not isinstance(module, PASS_THROUGH):
-                yield module, self._hook(name)
+    def check_gradients(self, params: list) -> None:
+        """Check the gradients of `GRAD_CHECKED` of these (name, parameter) pairs, spread from
+        input to output: an Inf made in the backward flows on towards the input."""
+        spread = np.unique(np.linspace(0, len(params) - 1, GRAD_CHECKED).round().astype(int)) if params else []
+        self.checked = [params[i][1] for i in spread]
 
-    def on_input(self, module, args):
-        if torch.is_grad_enabled():
-            x = first_tensor(args)
-            if x is not None and x.is_floating_point():
-                self._calls.append(INPUT)
-                self._sums.append(torch.sum(x.detach(), dtype=torch.float32))
+    # ---- every step: three hooks on the model, one call at the optimizer step ----------
+    def on_input(self, module, args, kwargs) -> None:
+        if self._replaying or not torch.is_grad_enabled():
+            return  # validation forwards and our own replay are not training
+        x = _floating(args) if args else None
+        if x is None and kwargs:
+            x = _floating([v for v in kwargs.values() if isinstance(v, torch.Tensor) and v.is_floating_point()])
+        self.forwards += 1
+        rng = None
+        if self.origin is None and self._found is None:
+            on_cuda = x is not None and x.device.type == "cuda"
+            rng = (torch.get_rng_state(), x.device if on_cuda else None,
+                   torch.cuda.get_rng_state(x.device) if on_cuda else None)
+        self._forwards.append(_Forward(args, kwargs, rng))
+        if x is not None:
+            self._note("input", x)
 
-    def _hook(self, name: str):
-        def hook(module, inputs, output):
-            if torch.is_grad_enabled():
-                out = first_tensor(output)
-                if out is not None and out.is_floating_point():
-                    self._record(name, out)
-        return hook
+    def on_output(self, module, args, output) -> None:
+        if self._replaying or not torch.is_grad_enabled() or not self._forwards:
+            return
+        out = _floating(output)
+        if out is None:
+            return
+        self._note("output", out)
+        forward = self._forwards[-1]
+        if out.requires_grad:
+            out.register_hook(self.wrap([functools.partial(self._on_output_grad, forward)]))
 
-    def _record(self, name: str, tensor: torch.Tensor) -> None:
-        self._calls.append(name)
-        self._sums.append(torch.sum(rows_sample(tensor.detach()), dtype=torch.float32))
+    def _on_output_grad(self, forward: _Forward, grad: torch.Tensor) -> None:
+        forward.output_grad = grad.detach()
+        self._note("output_grad", grad)
+
+    def _note(self, stage: str, tensor: torch.Tensor) -> None:
+        if len(self._values) >= CHECKS_HELD:  # no step end in sight (no optimizer, none logged): stay bounded
+            self._stages, self._values = self._stages[-CHECKS_HELD // 2:], self._values[-CHECKS_HELD // 2:]
+        values = extremes(tensor)
+        self._values += values
+        self._stages += [stage] * len(values)
 
     def end_step(self, step: int) -> None:
-        if self._sums:
-            if not self.order:
-                self.order = [c for c in self._calls if c != INPUT]
-            device = self._sums[0].device
-            sums = [s if s.device == device else s.to(device, non_blocking=True) for s in self._sums]
-            self.rows.append(step, tuple(self._calls), sums)
-        self._calls, self._sums = [], []
+        """At the optimizer step (the gradients are there, the update is not done yet)."""
+        for p in self.checked:
+            if p.grad is not None and not p.grad.is_sparse:
+                self._note("grads", p.grad)
+        if self._values:
+            device = self._values[0].device
+            row = torch.stack([v if v.device == device and v.dtype == torch.float32 else v.to(device, torch.float32)
+                               for v in self._values])
+            self.rows.append(step, tuple(self._stages), row)
+            if self.origin is None and self._found is None:
+                self._poll(step, row, self._stages)
+        self._stages, self._values = [], []
+        self._forwards.clear()
 
+    def _poll(self, step: int, row: torch.Tensor, stages: list[str]) -> None:
+        finite = row.isfinite().all()
+        event = None
+        if finite.device.type != "cpu":  # an accelerator: a pinned copy, read if it is there before the update
+            host = torch.empty((), dtype=torch.bool, pin_memory=True)
+            host.copy_(finite, non_blocking=True)
+            if finite.device.type == "cuda":
+                event = torch.cuda.Event()
+                event.record()
+            finite = host
+        if published(finite, event) is False:  # a check failed: now reading the row waits for nothing more
+            input_bad = any(not ok for ok, s in zip(row.isfinite().tolist(), stages) if s == "input")
+            if not input_bad:  # a bad input is named by its own check, the model's stages by a replay
+                self._found = self._replay(step)
+
+    # ---- the replay of the first bad step -----------------------------------------------
+    def _replayed(self) -> nn.Module | None:
+        """The module to run again: DDP's and DataParallel's inner module (their own forward
+        talks to the other processes); none for FSDP, whose forward gathers shards."""
+        model = self.model
+        if type(model).__name__ in ("DistributedDataParallel", "DataParallel"):
+            model = model.module
+        if any(type(m).__name__.startswith(("FullyShardedDataParallel", "FSDP")) for m in model.modules()):
+            return None
+        return model
+
+    def _replay(self, step: int) -> dict:
+        """Which module made the first NaN/Inf of this step (see the module docstring)."""
+        self.replays += 1
+        found = {"step": step}
+        if self._replayed() is None:
+            found["replay_failed"] = "not replayed: the model's forward runs collectives"
+            return found
+        for forward in list(self._forwards):
+            try:
+                where = self._replay_forward(forward)
+            except Exception as exc:  # an exotic model: keep the stage, say why no module
+                found["replay_failed"] = f"{type(exc).__name__}: {exc}"[:200]
+                break
+            if where:
+                found.update(where)
+                break
+        else:
+            if self._forwards:  # forward and backward replayed finite: the gradients came from elsewhere
+                found["stage"] = OUTSIDE
+        return found
+
+    def _replay_forward(self, forward: _Forward) -> dict | None:
+        leaves, outputs, inputs = [], [], []
+        names = self.names
+
+        def record(module, args, output):
+            out = _floating(output)
+            if out is not None and module in names:
+                x = _floating(args)
+                leaves.append(module)
+                outputs.append(out)
+                inputs.append(x if x is not None and x.requires_grad else None)
+
+        with self._hands_off(forward, record):
+            output = self._replayed()(*forward.args, **(forward.kwargs or {}))
+            checks = [bool(torch.isfinite(o).all()) for o in outputs]
+            bad = [i for i, ok in enumerate(checks) if not ok]
+            if bad:  # the first module, in completion order, whose output is non-finite
+                module = leaves[bad[0]]
+                return {"module": names[module], "stage": FORWARD,
+                        "bad_parameters": [n for n, p in module.named_parameters(recurse=False)
+                                           if not torch.isfinite(p.detach()).all()]}
+            out = _floating(output)
+            if out is None or forward.output_grad is None or not out.requires_grad:
+                return None
+            wanted = list({id(t): t for t in [*outputs, *inputs] if t is not None and t.requires_grad}.values())
+            if not wanted:
+                return None
+            grads = torch.autograd.grad(out, wanted, grad_outputs=forward.output_grad.to(out.dtype),
+                                        allow_unused=True)
+        by_tensor = {id(t): g for t, g in zip(wanted, grads)}
+
+        def finite(t):
+            g = by_tensor.get(id(t)) if t is not None else None
+            return g is None or bool(torch.isfinite(g).all())
+
+        # backward runs output -> input: the last module whose input gradient is non-finite
+        # while the gradient of its output is finite made the first one
+        for i in reversed(range(len(leaves))):
+            if not finite(inputs[i]) and finite(outputs[i]):
+                return {"module": names[leaves[i]], "stage": BACKWARD}
+        return None
+
+    @contextlib.contextmanager
+    def _hands_off(self, forward: _Forward, record):
+        """Run the replay with only `record` as a hook, the step's RNG state, and every
+        buffer restored after."""
+        saved_hooks = [(m, name, getattr(m, name)) for m in self.model.modules()
+                       for name in HOOK_DICTS if isinstance(getattr(m, name, None), dict)]
+        saved_globals = [(name, dict(getattr(module_globals, name))) for name in GLOBAL_HOOKS
+                         if isinstance(getattr(module_globals, name, None), dict)]
+        buffers = [(b, b.detach().clone()) for b in self.model.buffers()]
+        cpu_rng, device, cuda_rng = forward.rng or (None, None, None)
+        devices = [device] if cuda_rng is not None else []
+        self._replaying = True
+        try:
+            for m, name, hooks in saved_hooks:
+                setattr(m, name, type(hooks)())
+            for name, _ in saved_globals:
+                getattr(module_globals, name).clear()
+            for m in self.model.modules():
+                m._forward_hooks[-1] = record
+            with torch.random.fork_rng(devices=devices), torch.enable_grad():
+                if cpu_rng is not None:  # the dropout masks the step drew
+                    torch.set_rng_state(cpu_rng)
+                if cuda_rng is not None:
+                    torch.cuda.set_rng_state(cuda_rng, device)
+                yield
+        finally:
+            self._replaying = False
+            for m, name, hooks in saved_hooks:
+                setattr(m, name, hooks)
+            for name, hooks in saved_globals:
+                getattr(module_globals, name).update(hooks)
+            with torch.no_grad():
+                for b, value in buffers:
+                    b.copy_(value)
+
+    # ---- order of the modules, for the report's plots --------------------------------
+    def order_hook(self, name: str):
+        def hook(module, inputs, output):
+            if torch.is_grad_enabled() and name not in self._ordered:
+                self._ordered.add(name)
+                self.order.append(name)
+        return hook
+
+    def order_modules(self):
+        """(module, hook) for every leaf module, to attach for one sampled step."""
+        self._ordered: set[str] = set(self.order)
+        for module, name in self.names.items():
+            if module is not self.model and not any(True for _ in module.children()):
+                yield module, self.order_hook(name)
+
+    # ---- flush ---------------------------------------------------------------------------
     def flush(self) -> None:
-        """Find the origin in the rows that reached the CPU; keep the first one ever found."""
-        found = []
-        for calls, steps, values in self.rows.flush():
-            bad = ~np.isfinite(values)
-            rows = np.flatnonzero(bad.any(1))
-            if rows.size:
-                cols = np.flatnonzero(bad[rows[0]])
-                found.append({"step": int(steps[rows[0]]), "module": calls[cols[0]],
-                              "then": sorted({calls[c] for c in cols[1:]} - {calls[cols[0]]})[:8]})
-        if found and self.origin is None:
-            self.origin = min(found, key=lambda f: f["step"])
+        """Find the first step with a non-finite check in the rows that reached the CPU and
+        name its stage (and module, from the replay); keep the first origin ever found."""
+        if self.origin is not None:
+            self.rows.flush()
+            return
+        first = None
+        for stages, steps, values in self.rows.flush():
+            rows = np.flatnonzero(~np.isfinite(values).all(1))
+            if rows.size and (first is None or steps[rows[0]] < first[0]):
+                first = (int(steps[rows[0]]), stages, ~np.isfinite(values[rows[0]]))
+        if first is None:
+            return
+        step, stages, bad = first
+        failed = {stage for stage, b in zip(stages, bad) if b}
+        origin = {"step": step}
+        if "input" in failed:
+            origin["module"] = INPUT
+        elif "output_grad" in failed and "output" not in failed:
+            origin["module"] = LOSS
+        else:
+            origin.update(self._found if self._found and self._found["step"] == step else {})
+            if "output" in failed:
+                origin["stage"] = FORWARD
+            origin.setdefault("stage", BACKWARD)
+            origin.setdefault("module", None)
+        self.origin = origin

@@ -346,7 +346,9 @@ class DistributedDoctor(Doctor):
                     step = int(steps[bad][0])
                     self.first_nonfinite[rank] = min(step, self.first_nonfinite.get(rank, step))
         if self._origins and self.active:  # the earliest first NaN/Inf of any rank, with its rank
-            rank, origin = min(self._origins.items(), key=lambda item: (item[1]["step"], item[0]))
+            # at the same step, a rank that received the NaN in the gradient all-reduce yields to its maker
+            rank, origin = min(self._origins.items(),
+                               key=lambda item: (item[1]["step"], item[1].get("stage") == "outside", item[0]))
             self.sentinel.origin = dict(origin, rank=rank)
         rows = []
         for name, part in parts.items():

@@ -35,17 +35,36 @@ def loss_nonfinite(run: Run) -> Finding | None:
     message = f"The loss became {values[i]} at step {int(steps[i])}"
     if origin:
         evidence["origin"] = origin
-        where = origin["module"]
-        if origin["module"] == "<input>":
-            message += f"; the model's input already held NaN/Inf at step {origin['step']}."
-        elif origin.get("bad_parameters"):
-            message += (f"; the first non-finite output came from `{where}`, whose parameters "
-                        f"{origin['bad_parameters']} had become non-finite (a runaway update).")
-        else:
-            message += f"; the first non-finite value was produced by `{where}` at step {origin['step']}."
+        message += "; " + _where_nonfinite_started(origin)
+        where = origin["module"] if origin["module"] not in ("<input>", "<loss>") else None
     else:
         message += "."
     return Finding.make("loss.nonfinite", message, evidence=evidence, where=where, step=int(steps[i]))
+
+
+def _where_nonfinite_started(origin: dict) -> str:
+    """The sentinel's stage (and module) of the first NaN/Inf, in words (collect/nonfinite.py)."""
+    module, step = origin.get("module"), origin["step"]
+    if module == "<input>":
+        return f"the model's input already held NaN/Inf at step {step}."
+    if module == "<loss>":
+        return (f"the model's output was finite at step {step}, but the gradient the loss sent back was not: "
+                "the loss made it (NaN/Inf in the targets, or a log or division by zero in the loss).")
+    if origin.get("stage") == "outside":
+        return (f"the forward pass and the loss were finite at step {step} but gradients were not, and the model's "
+                "backward, replayed, made none: they came from outside it (another process's gradients in an "
+                "all-reduce, a gradient hook, or an edited .grad).")
+    if origin.get("stage") == "backward":
+        if module:
+            return (f"the forward pass was finite at step {step}; the first non-finite gradient was made "
+                    f"in the backward pass of `{module}`.")
+        return f"the forward pass was finite at step {step}; the first non-finite gradient was made in the backward pass."
+    if not module:
+        return f"the model's forward pass made the first non-finite value at step {step}, from a finite input."
+    if origin.get("bad_parameters"):
+        return (f"the first non-finite output came from `{module}` at step {step}, whose parameters "
+                f"{origin['bad_parameters']} were already non-finite (the update before made them so).")
+    return f"the first non-finite value was produced by `{module}` at step {step}, from finite inputs and parameters."
 
 
 @rule("loss.plateau")
