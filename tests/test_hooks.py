@@ -185,6 +185,70 @@ def test_nan_in_one_row_of_a_large_activation_is_found():
     assert origin["module"] == "0" and origin["step"] == 2 and finding.where == "0"
 
 
+class LogBetween(nn.Module):
+    """A user's model: the log is a functional op in its own forward, between two layers."""
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.log(self.fc1(x)))
+
+
+def test_nan_made_between_submodules_is_blamed_on_the_forward_that_made_it():
+    torch.manual_seed(0)
+    origin, finding = nonfinite_run(LogBetween(), classification_batches())
+    assert origin["module"] == "LogBetween" and origin["own_code"] and origin["step"] == 0
+    assert "`LogBetween`'s own forward code" in finding.message and "fc2" not in finding.message
+
+
+NAN_SCRIPT = """
+import sys
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(8, 16)
+        self.fc2 = nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.fc1(x)
+        if sys.argv[1] == "log":
+            h = torch.log(h)  # negative pre-activations: NaN at the first step
+        return self.fc2(torch.relu(h))
+
+
+torch.manual_seed(0)
+model = Net()
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+X = torch.randn(256, 8)
+if sys.argv[1] == "nan-input":
+    X[3, 2] = float("nan")
+y = (X[:, 0] > 0).long()
+for step in range(16):
+    i = (step % 8) * 32
+    loss = nn.functional.cross_entropy(model(X[i:i + 32]), y[i:i + 32])
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+"""
+
+
+def test_nan_at_the_first_step_of_a_script_is_placed_as_under_the_api(tmp_path):
+    """`nndoctor watch` finds the model at the first backward, after that step's forward: the
+    forward passes seen before are handed to the sentinel, so step 0's NaN is placed too."""
+    path = tmp_path / "train.py"
+    path.write_text(NAN_SCRIPT)
+    for kind, module, stage in (("log", "Net", "forward"), ("nan-input", "<input>", None)):
+        assert run(str(path), [kind], out=tmp_path / kind) == 0
+        report = nndoctor.Report.from_json((tmp_path / kind / "report.json").read_text())
+        origin = report.get("loss.nonfinite").evidence["origin"]
+        assert origin["step"] == 0 and origin["module"] == module and origin.get("stage") == stage
+
+
 def test_large_finite_activations_are_not_read_as_nonfinite():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 1000), Scale(1e36), Scale(1e-36), nn.Linear(1000, 3))  # sums overflow float32
@@ -304,6 +368,73 @@ def test_watching_a_compiled_model_adds_no_recompile_or_graph_break():
     assert graphs <= 1 and breaks == 0
     compiled, eager = compiled_run(True, "wrapper", lr=20.0)[2], compiled_run(True, "eager", lr=20.0)[2]
     assert compiled == eager and "lr.too_high" in eager  # the same verdict as eager
+
+
+COMPILED_SCRIPT = """
+import json, sys
+import torch
+from torch import nn
+from torch._dynamo.utils import counters
+
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+opt = torch.optim.SGD(model.parameters(), float(sys.argv[2]))
+if sys.argv[1] == "wrapper":
+    model = torch.compile(model)
+elif sys.argv[1] == "in place":
+    model.compile()
+X = torch.randn(256, 8)
+y = (X[:, 0] > 0).long()
+for step in range(60):
+    i = (step % 8) * 32
+    loss = nn.functional.cross_entropy(model(X[i:i + 32]), y[i:i + 32])
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    if step == 1:
+        warm = counters["stats"]["unique_graphs"]
+with open(sys.argv[3], "w") as f:
+    json.dump([counters["stats"]["unique_graphs"], counters["stats"]["unique_graphs"] - warm,
+               sum(counters["graph_break"].values()), [p.detach().tolist() for p in model.parameters()]], f)
+"""
+
+
+def test_a_compiled_script_under_nndoctor_watch_compiles_as_often_as_the_plain_run(tmp_path):
+    import json
+    import torch._dynamo
+    path = tmp_path / "train.py"
+    path.write_text(COMPILED_SCRIPT)
+
+    def script(mode, lr, watched):
+        torch._dynamo.reset()
+        from torch._dynamo.utils import counters
+        counters.clear()
+        result, argv = tmp_path / f"{mode}-{lr}-{watched}.json", sys.argv
+        args = [mode, str(lr), str(result)]
+        if watched:
+            assert run(str(path), args, out=tmp_path / "report") == 0
+            report = nndoctor.Report.from_json((tmp_path / "report" / "report.json").read_text())
+        else:
+            try:
+                sys.argv = [str(path), *args]
+                runpy.run_path(str(path), run_name="__main__")
+            finally:
+                sys.argv = argv
+            report = None
+        return json.loads(result.read_text()), report
+
+    for mode in ("wrapper", "in place"):
+        (graphs, after_warm_up, breaks, weights), _ = script(mode, 0.1, False)
+        (graphs_w, after_warm_up_w, breaks_w, weights_w), report = script(mode, 0.1, True)
+        assert after_warm_up_w == after_warm_up == 0 and breaks_w == breaks == 0
+        if mode == "wrapper":  # the whole run (model.compile() lets Dynamo compile the global hooks'
+            assert graphs_w == graphs  # own frames at the first step, until they are removed)
+        assert weights_w == weights  # watching changed no number
+        assert not [f.code for f in report.findings if f.is_problem]
+    _, compiled = script("wrapper", 20.0, True)
+    _, eager = script("eager", 20.0, True)
+    codes = lambda r: [f.code for f in r.findings if f.is_problem]  # noqa: E731
+    assert "lr.too_high" in codes(eager) and codes(compiled)[0] == codes(eager)[0]
 
 
 def test_a_model_fed_token_ids_is_watched_and_its_nan_found():

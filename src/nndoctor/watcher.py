@@ -33,7 +33,7 @@ from torch import nn
 from .collect import hooks
 from .collect.activations import ActivationCollector
 from .collect.buffer import StepBuffer
-from .collect.case import CaseCapture, is_examining
+from .collect.case import CaseCapture, compiled_wrapper, is_examining
 from .collect.forwards import ForwardCollector
 from .collect.gradients import GradientCollector
 from .collect.histograms import HistogramCollector
@@ -117,7 +117,11 @@ class Doctor:
             raise TypeError(f"watch() needs a torch.nn.Module, not {type(model).__name__}")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, not {type(optimizer).__name__}")
-        self.model = model
+        # a `torch.compile(model)` wrapper: the model inside is read, named and replayed; the
+        # wrapper is called, so the every-step hooks go on it and run eagerly around the graph
+        self.called = model
+        self.compiled = compiled_wrapper(model)  # also set from a compiled graph that traced our hooks (collect/hooks.py)
+        self.model = model = model._orig_mod if self.compiled else model
         self.optimizer = optimizer
         self.sample_every = max(1, int(sample_every))
         self.flush_every = max(1, int(flush_every))
@@ -133,7 +137,7 @@ class Doctor:
         self.sinks = list(sinks)
         # examine=False: the caller ran the pre-flight itself (diagnose) and sets `preflight`.
         # capture: a capture path installed by the caller (nndoctor watch) and shared with it.
-        self.capture = capture if capture is not None else (CaseCapture(model) if examine else None)
+        self.capture = capture if capture is not None else (CaseCapture(self.called) if examine else None)
         self._own_capture = capture is None
         self.live = live if isinstance(live, Live) else Live(echo=bool(live), fail_on=fail_on)
         if tensorboard is not None:
@@ -165,7 +169,6 @@ class Doctor:
         self._handles: list = []
         self._sampling: list = []   # activation hooks, attached for sampled steps only
         self._sample_due = False    # attach them at the next forward
-        self.compiled = False       # set from inside a compiled graph that traced our hooks (collect/hooks.py)
         self._copyable: list[type] = []  # module classes copied and pickled without our hooks
         self._started = time.perf_counter()
         self._started_at = time.time()
@@ -231,8 +234,8 @@ class Doctor:
             h.append(self.optimizer.register_step_pre_hook(self._before_step))
             h.append(self.optimizer.register_step_post_hook(self._after_step_hook))
         # every step: three checks on the model as a whole, none per module (collect/nonfinite.py)
-        h += self._forward_hook(self.model, [self._arm_sampling, self.sentinel.on_input], pre=True)
-        h += self._forward_hook(self.model, [self.sentinel.on_output, self.forwards.on_forward])
+        h += self._forward_hook(self.called, [self._arm_sampling, self.sentinel.on_input], pre=True)
+        h += self._forward_hook(self.called, [self.sentinel.on_output, self.forwards.on_forward])
         self._sample_due = self.step % self.sample_every == 0
         if self._unhookable:
             kinds = sorted({type(m).__name__ for m in self._unhookable})
@@ -257,8 +260,9 @@ class Doctor:
     def _arm_sampling(self, module, args, kwargs) -> None:
         """At the first forward of a sampled step, attach the sampling hooks. Only an eager
         forward gets here: in a compiled graph our hooks are inert (collect/hooks.py), so a
-        compiled model never sees hooks come and go, which would make Dynamo recompile."""
-        if self._sample_due:
+        compiled model never sees hooks come and go, which would make Dynamo recompile (nor
+        does one watched through its wrapper, whose hooks are eager)."""
+        if self._sample_due and not self.compiled:
             self._sample_due = False
             self._sample_hooks(True)
 

@@ -30,7 +30,6 @@ objects are never run or changed here.
 from __future__ import annotations
 
 import inspect
-import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -242,7 +241,7 @@ class CaseCapture(TorchFunctionMode):
     def _enter_module(self, module, args) -> None:
         if self.done:
             return
-        if _compiled_wrapper(module) and self._wanted(module._orig_mod):
+        if compiled_wrapper(module) and self._wanted(module._orig_mod):
             self._skip_compiled()  # torch.compile(model) is called: before Dynamo traces anything
             return
         if isinstance(module, nn.modules.loss._Loss) and self._loss_module is None:
@@ -435,10 +434,10 @@ class CaseCapture(TorchFunctionMode):
                         target.detach() if isinstance(target, torch.Tensor) else None, loss, error=error)
 
 
-def _compiled_wrapper(module: nn.Module) -> bool:
-    """`torch.compile(model)`'s wrapper (Dynamo is imported by then; importing it here costs seconds)."""
-    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
-    return eval_frame is not None and isinstance(module, eval_frame.OptimizedModule)
+def compiled_wrapper(module: nn.Module) -> bool:
+    """`torch.compile(model)`'s wrapper, known by name: importing Dynamo costs seconds, and a
+    lookup in sys.modules inside a traced hook makes Dynamo recompile."""
+    return type(module).__name__ == "OptimizedModule" and hasattr(module, "_orig_mod")
 
 
 def _leading(args, kwargs):

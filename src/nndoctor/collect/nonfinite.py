@@ -33,10 +33,12 @@ from torch.nn.modules import module as module_globals
 
 from .activations import first_tensor
 from .buffer import StepBuffer
+from .gradients import local_tensor
 from .hooks import HOOK_DICTS
 
 INPUT, LOSS, FORWARD, BACKWARD = "<input>", "<loss>", "forward", "backward"
 OUTSIDE = "outside"   # non-finite gradients that the model's own backward, replayed, did not make
+UNSEEN = "unseen"     # non-finite gradients of a step whose forward pass was not watched (watching began later)
 GRAD_CHECKED = 3      # parameters whose gradients are checked every step: first, middle, last
 CHECKS_HELD = 256     # checks kept while no step ends (a model called without an optimizer step)
 REPLAYABLE = 4        # forward passes of one step kept for the replay (gradient accumulation runs several)
@@ -66,6 +68,23 @@ def published(flag: torch.Tensor | None, event=None) -> bool | None:
 def _floating(value) -> torch.Tensor | None:
     t = first_tensor(value)
     return t if t is not None and t.is_floating_point() else None
+
+
+def model_input(args, kwargs) -> torch.Tensor | None:
+    """The first floating-point tensor the model is called with (None for token ids)."""
+    x = _floating(args) if args else None
+    if x is None and kwargs:
+        x = _floating([v for v in kwargs.values() if isinstance(v, torch.Tensor) and v.is_floating_point()])
+    return x
+
+
+def rng_state(args, kwargs) -> tuple:
+    """The random state a forward pass starts from (the CPU's, and the input's CUDA device's),
+    so that the replay draws the same dropout masks."""
+    x = model_input(args, kwargs)
+    on_cuda = x is not None and x.device.type == "cuda"
+    return (torch.get_rng_state(), x.device if on_cuda else None,
+            torch.cuda.get_rng_state(x.device) if on_cuda else None)
 
 
 class _Forward:
@@ -106,18 +125,22 @@ class NonFiniteSentinel:
     def on_input(self, module, args, kwargs) -> None:
         if self._replaying or not torch.is_grad_enabled():
             return  # validation forwards and our own replay are not training
-        x = _floating(args) if args else None
-        if x is None and kwargs:
-            x = _floating([v for v in kwargs.values() if isinstance(v, torch.Tensor) and v.is_floating_point()])
+        self._input(args, kwargs, rng_state(args, kwargs) if self.origin is None and self._found is None else None)
+
+    def _input(self, args, kwargs, rng) -> None:
         self.forwards += 1
-        rng = None
-        if self.origin is None and self._found is None:
-            on_cuda = x is not None and x.device.type == "cuda"
-            rng = (torch.get_rng_state(), x.device if on_cuda else None,
-                   torch.cuda.get_rng_state(x.device) if on_cuda else None)
         self._forwards.append(_Forward(args, kwargs, rng))
+        x = model_input(args, kwargs)
         if x is not None:
             self._note("input", x)
+
+    def adopt(self, args, rng, output) -> None:
+        """A forward pass of this step that ran before watching began (`nndoctor watch` finds
+        the model at its first backward): checked and kept for the replay like a hooked one."""
+        self._input(args, {}, rng)
+        out = _floating(output)
+        if out is not None:
+            self._note("output", out)
 
     def on_output(self, module, args, output) -> None:
         if self._replaying or not torch.is_grad_enabled() or not self._forwards:
@@ -145,7 +168,7 @@ class NonFiniteSentinel:
         """At the optimizer step (the gradients are there, the update is not done yet)."""
         for p in self.checked:
             if p.grad is not None and not p.grad.is_sparse:
-                self._note("grads", p.grad)
+                self._note("grads", local_tensor(p.grad))  # a DTensor (FSDP2): this rank's shard
         if self._values:
             device = self._values[0].device
             row = torch.stack([v if v.device == device and v.dtype == torch.float32 else v.to(device, torch.float32)
@@ -206,24 +229,35 @@ class NonFiniteSentinel:
     def _replay_forward(self, forward: _Forward) -> dict | None:
         leaves, outputs, inputs = [], [], []
         names = self.names
+        running: list[nn.Module] = []   # the modules whose forward is under way, outermost first
+        first: list[tuple] = []         # (module, made in its own code) of the first non-finite value
+
+        def enter(module, args):
+            x = _floating(args)
+            if not first and running and x is not None and not bool(torch.isfinite(x).all()):
+                first.append((running[-1], True))  # made between submodules, by the caller's own ops
+            running.append(module)
 
         def record(module, args, output):
+            if running and running[-1] is module:
+                running.pop()
             out = _floating(output)
             if out is not None and module in names:
                 x = _floating(args)
                 leaves.append(module)
                 outputs.append(out)
                 inputs.append(x if x is not None and x.requires_grad else None)
+                if not first and not bool(torch.isfinite(out).all()):
+                    first.append((module, False))
 
-        with self._hands_off(forward, record):
+        with self._hands_off(forward, enter, record):
             output = self._replayed()(*forward.args, **(forward.kwargs or {}))
-            checks = [bool(torch.isfinite(o).all()) for o in outputs]
-            bad = [i for i, ok in enumerate(checks) if not ok]
-            if bad:  # the first module, in completion order, whose output is non-finite
-                module = leaves[bad[0]]
-                return {"module": names[module], "stage": FORWARD,
-                        "bad_parameters": [n for n, p in module.named_parameters(recurse=False)
-                                           if not torch.isfinite(p.detach()).all()]}
+            if first:  # the first module, in execution order, that made a non-finite value
+                module, own_code = first[0]
+                found = {"module": names[module], "stage": FORWARD,
+                         "bad_parameters": [n for n, p in module.named_parameters(recurse=False)
+                                            if not torch.isfinite(p.detach()).all()]}
+                return {**found, "own_code": True} if own_code else found
             out = _floating(output)
             if out is None or forward.output_grad is None or not out.requires_grad:
                 return None
@@ -246,9 +280,9 @@ class NonFiniteSentinel:
         return None
 
     @contextlib.contextmanager
-    def _hands_off(self, forward: _Forward, record):
-        """Run the replay with only `record` as a hook, the step's RNG state, and every
-        buffer restored after."""
+    def _hands_off(self, forward: _Forward, enter, record):
+        """Run the replay with only `enter` and `record` as hooks, the step's RNG state, and
+        every buffer restored after."""
         saved_hooks = [(m, name, getattr(m, name)) for m in self.model.modules()
                        for name in HOOK_DICTS if isinstance(getattr(m, name, None), dict)]
         saved_globals = [(name, dict(getattr(module_globals, name))) for name in GLOBAL_HOOKS
@@ -263,6 +297,7 @@ class NonFiniteSentinel:
             for name, _ in saved_globals:
                 getattr(module_globals, name).clear()
             for m in self.model.modules():
+                m._forward_pre_hooks[-1] = enter
                 m._forward_hooks[-1] = record
             with torch.random.fork_rng(devices=devices), torch.enable_grad():
                 if cpu_rng is not None:  # the dropout masks the step drew
@@ -316,6 +351,8 @@ class NonFiniteSentinel:
             origin["module"] = INPUT
         elif "output_grad" in failed and "output" not in failed:
             origin["module"] = LOSS
+        elif "output" not in stages:  # no forward of this step was seen: where it began is unknown
+            origin.update(stage=UNSEEN, module=None)
         else:
             origin.update(self._found if self._found and self._found["step"] == step else {})
             if "output" in failed:

@@ -32,13 +32,15 @@ import traceback
 import types
 import warnings
 import weakref
+from collections import deque
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.amp import GradScaler
 
-from ..collect.case import CaseCapture, is_examining
+from ..collect.case import CaseCapture, compiled_wrapper, is_examining
+from ..collect.nonfinite import REPLAYABLE, rng_state
 from ..findings import Finding, Report
 from ..live import DoomedRun, Live, check_fail_on, fails
 from ..preflight.crash import explain_crash, script_frame
@@ -61,6 +63,9 @@ class ScriptWatcher:
         self.notes: list[str] = []
         self._roots: dict[int, nn.Module] = {}   # outermost modules called with grad enabled
         self._depth = 0
+        # the model's forward passes before the watcher exists (their step's NaN origin needs them;
+        # never read inside a compiled graph, where Dynamo would guard on them and recompile)
+        self._early: deque[list] = deque(maxlen=REPLAYABLE)
         self._stepping: torch.optim.Optimizer | None = None  # the watched optimizer is inside step()
         self._step_loss: torch.Tensor | None = None  # first loss backpropagated in this optimizer step
         self._module_hooks: list = []
@@ -137,15 +142,26 @@ class ScriptWatcher:
     def _enter(self, module, args) -> None:
         if is_examining():
             return
-        if self._depth == 0 and id(module) not in self._roots and torch.is_grad_enabled() \
-                and any(p.requires_grad for p in module.parameters()):
-            self._roots[id(module)] = module
+        outermost = self._depth == 0
         self._depth += 1
+        if not outermost or not torch.is_grad_enabled():
+            return
+        if id(module) not in self._roots and any(p.requires_grad for p in module.parameters()):
+            self._roots[id(module)] = module
+        if torch.compiler.is_compiling():  # traced into a compiled graph: nothing more to read here
+            return
+        if compiled_wrapper(module):  # torch.compile(model) is the model: drop the global hooks
+            self._depth = 0               # before Dynamo traces the first call with them in it
+            self._remove_module_hooks()
+        elif self.doctor is None:
+            self._early.append([module, args, rng_state(args, {}), None])
 
     def _leave(self, module, args, output) -> None:
         if is_examining():
             return
         self._depth = max(0, self._depth - 1)
+        if not torch.compiler.is_compiling() and self._depth == 0 and self._early and self._early[-1][0] is module:
+            self._early[-1][3] = output
 
     def _wrapped_backward(self, tensors, *args, **kwargs):
         result = self._backward(tensors, *args, **kwargs)
@@ -210,6 +226,8 @@ class ScriptWatcher:
             doctor.updates.after_step()  # the weights moved since the last backward
             step = doctor.step
             doctor.log(loss=loss)
+            if step:  # past the first step, which an optimizer found next would watch again
+                self._early.clear()
             if step % doctor.sample_every == 0:
                 doctor.updates.before_step(step)
 
@@ -244,6 +262,7 @@ class ScriptWatcher:
             if doctor is not None and doctor.optimizer is optimizer and self._step_loss is not None:
                 doctor.log(loss=self._step_loss)
         self._step_loss = None  # another optimizer's loss (a GAN's other half) is not this one's
+        self._early.clear()
 
     # ---- the model -------------------------------------------------------------------
     def _model_for(self, optimizer) -> nn.Module | None:
@@ -289,6 +308,9 @@ class ScriptWatcher:
             self.doctor = kind(model, optimizer, **self.options)
         self.doctor.attach()
         self._remove_module_hooks()  # the candidates are known; the steps need no module hook
+        for module, args, rng, output in self._early:  # the forward passes of the step being watched
+            if module is self.doctor.called and output is not None:
+                self.doctor.sentinel.adopt(args, rng, output)
 
     # ---- the end ---------------------------------------------------------------------
     def finish_distributed(self) -> None:

@@ -54,6 +54,9 @@ def _where_nonfinite_started(origin: dict) -> str:
         return (f"the forward pass and the loss were finite at step {step} but gradients were not, and the model's "
                 "backward, replayed, made none: they came from outside it (another process's gradients in an "
                 "all-reduce, a gradient hook, or an edited .grad).")
+    if origin.get("stage") == "unseen":
+        return (f"the gradients were non-finite at step {step}, whose forward pass was not watched (watching "
+                "began at that step's backward), so the module that made them is unknown.")
     if origin.get("stage") == "backward":
         if module:
             return (f"the forward pass was finite at step {step}; the first non-finite gradient was made "
@@ -61,6 +64,9 @@ def _where_nonfinite_started(origin: dict) -> str:
         return f"the forward pass was finite at step {step}; the first non-finite gradient was made in the backward pass."
     if not module:
         return f"the model's forward pass made the first non-finite value at step {step}, from a finite input."
+    if origin.get("own_code"):
+        return (f"the first non-finite value was made at step {step} by `{module}`'s own forward code, between "
+                "its submodules (a log, sqrt, division or exp there), from finite inputs and parameters.")
     if origin.get("bad_parameters"):
         return (f"the first non-finite output came from `{module}` at step {step}, whose parameters "
                 f"{origin['bad_parameters']} were already non-finite (the update before made them so).")
