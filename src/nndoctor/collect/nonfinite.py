@@ -117,9 +117,16 @@ class NonFiniteSentinel:
 
     def check_gradients(self, params: list) -> None:
         """Check the gradients of `GRAD_CHECKED` of these (name, parameter) pairs, spread from
-        input to output: an Inf made in the backward flows on towards the input."""
+        input to output: an Inf made in the backward flows on towards the input. At each place
+        the module's smallest parameter is read (a bias: the sum of the same output gradient
+        its weight's gradient is made from, so non-finite with it, at a fraction of the cost).
+        A gradient that a hook of the user's can rewrite is read whole: its hook is not the backward."""
         spread = np.unique(np.linspace(0, len(params) - 1, GRAD_CHECKED).round().astype(int)) if params else []
-        self.checked = [params[i][1] for i in spread]
+        owner = [name.rpartition(".")[0] for name, _ in params]
+        smallest = [min((p for (_, p), o in zip(params, owner) if o == owner[i]), key=lambda p: local_tensor(p).numel())
+                    for i in spread]
+        hooked = [p for _, p in params if getattr(p, "_backward_hooks", None) or getattr(p, "_post_accumulate_grad_hooks", None)]
+        self.checked = list({id(p): p for p in [*smallest, *hooked]}.values())
 
     # ---- every step: three hooks on the model, one call at the optimizer step ----------
     def on_input(self, module, args, kwargs) -> None:

@@ -28,11 +28,16 @@ def missing_zero_grad(run: Run) -> Finding | None:
     return None
 
 
+def mode_dependent(run: Run) -> list[str]:
+    """The modules that behave differently in train and eval mode (dropout, BatchNorm)."""
+    return [n for m, n in run.module_names.items() if isinstance(m, MODE_DEPENDENT)]
+
+
 @rule("loop.eval_mode")
 def eval_mode(run: Run) -> Finding | None:
     if run.loop_steps < 5 or run.eval_steps < EVAL_SHARE * run.loop_steps or run.model is None:
         return None
-    affected = [n for m, n in run.module_names.items() if isinstance(m, MODE_DEPENDENT)]
+    affected = mode_dependent(run)
     if not affected:
         return None  # eval mode changes nothing in this model
     return Finding.make("loop.eval_mode",
@@ -85,7 +90,7 @@ def eval_in_train_mode(run: Run) -> Finding | None:
     if f is None or run.model is None or f.eval_windows["train_mode"] < EVAL_WINDOWS \
             or f.eval_train_mode < EVAL_SHARE_BAD * f.evaluations:
         return None
-    affected = [n for m, n in run.module_names.items() if isinstance(m, MODE_DEPENDENT)]
+    affected = mode_dependent(run)
     if not affected:
         return None  # train mode changes nothing in this model
     return Finding.make("loop.eval_in_train_mode",
