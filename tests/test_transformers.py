@@ -86,3 +86,55 @@ def test_padding_counted_in_the_loss_is_named(tmp_path, mask_labels):
     assert report.has("data.padding_in_loss") != mask_labels, [(f.code, f.message) for f in report.findings]
     if not mask_labels:
         assert report.get("data.padding_in_loss").evidence["padding_share"] > 0.3
+
+
+class TinyLM(torch.nn.Module):
+    """An embedding and a head, HF-style: keyword inputs, an output with `.loss` and `.logits`.
+    Its `**kwargs` take `num_items_in_batch` and ignore it (the loss is each micro-batch's mean)."""
+
+    def __init__(self, vocab: int = 64, width: int = 32):
+        super().__init__()
+        self.embed, self.head = torch.nn.Embedding(vocab, width), torch.nn.Linear(width, vocab)
+
+    def forward(self, input_ids, labels=None, attention_mask=None, **kwargs):
+        logits = self.head(torch.relu(self.embed(input_ids)))
+        loss = None if labels is None else torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten())
+        return transformers.modeling_outputs.CausalLMOutput(loss=loss, logits=logits)
+
+
+class OwnLossTrainer(transformers.Trainer):
+    """A Trainer whose `compute_loss` takes the labels and computes the loss itself."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        loss = torch.nn.functional.cross_entropy(outputs.logits.flatten(0, 1), labels.flatten())
+        return (loss, outputs) if return_outputs else loss
+
+
+def tiny_trainer(tmp_path, model=None, trainer=transformers.Trainer, data=None, steps=6, accumulate=1,
+                 callback=None, **options):
+    torch.manual_seed(0)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=8,
+        gradient_accumulation_steps=accumulate, learning_rate=1e-3, report_to=[], use_cpu=True,
+        save_strategy="no", logging_steps=1, disable_tqdm=True, **options)
+    callbacks = [callback] if callback is not None else []
+    return trainer(model=model or TinyLM(), args=args, train_dataset=data or Motifs(256), callbacks=callbacks)
+
+
+@pytest.mark.parametrize("accumulate", [1, 4])
+@pytest.mark.parametrize("trainer", [transformers.Trainer, OwnLossTrainer], ids=["model's loss", "own compute_loss"])
+def test_recorded_loss_is_the_trainers_logged_loss(tmp_path, trainer, accumulate):
+    """The Trainer sums each micro-batch's loss as it backpropagates it (a model whose `**kwargs`
+    ignore `num_items_in_batch` is not divided by the accumulation steps; a custom compute_loss
+    gives the model no labels): the recorded loss is the one it logs, and watching changes no number."""
+    plain = tiny_trainer(tmp_path / "plain", trainer=trainer, accumulate=accumulate)
+    plain.train()
+    callback = DoctorCallback(print_report=False)
+    watched = tiny_trainer(tmp_path / "watched", trainer=trainer, accumulate=accumulate, callback=callback)
+    watched.train()
+    logged = [h["loss"] for h in watched.state.log_history if "loss" in h]
+    assert logged == [h["loss"] for h in plain.state.log_history if "loss" in h]
+    assert callback.report.meta["losses_logged"] == 6
+    assert callback.report.series["loss"]["value"] == pytest.approx(logged, rel=1e-5)

@@ -6,12 +6,11 @@ unscaled, and a step that fp16's GradScaler skips never reaches it. So the docto
 optimizer step hooks, put on that real optimizer, see exactly the steps taken (gradient
 accumulation included: one step per accumulation window).
 
-The Trainer never hands its loss to callbacks; a forward hook on the model reads
-`outputs.loss` of each training micro-batch instead (a model built for training returns it
-when the batch has labels). When the Trainer passes `num_items_in_batch` (the model takes
-loss kwargs), each micro-batch loss is already a share of the window's mean and the
-shares are summed (times the number of processes when the count was gathered across
-them); otherwise the micro-batch means are averaged. Validation losses come
+The Trainer never hands its loss to callbacks. While `train()` runs, `torch.autograd.backward`
+is wrapped: each micro-batch's backpropagated scalar is the share of the step's loss that the
+Trainer adds up and logs (divided by the accumulation steps or not, by the model's
+`num_items_in_batch` or not, a custom `compute_loss` included), so their sum per optimizer step
+is the loss the Trainer logs (fp16's GradScaler factor taken out). Validation losses come
 from `on_evaluate` (`eval_loss`). Under torchrun every process watches its replica and rank
 0 writes the report (see `distributed`). Each warning or error is said when first confirmed, on
 stderr and to the `transformers` logger. Needs `pip install "nndoctor[transformers]"`.
@@ -24,6 +23,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.utils import logging
 
+from ..collect.case import is_examining
 from ..findings import Report
 from ..live import Live, line_text
 from ..watcher import Doctor
@@ -43,12 +43,15 @@ class DoctorCallback(TrainerCallback):
         self.options = options
         self.doctor: Doctor | None = None
         self.report: Report | None = None
-        self._losses: list[torch.Tensor] = []
-        self._summed = False        # micro-batch losses are shares of the window's mean
+        self._losses: list[torch.Tensor] = []   # this optimizer step's backpropagated shares
+        self._scaler = None
         self._step_before = 0
         self._loss_hook = None
+        self._backward = None
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        scaler = getattr(optimizer, "scaler", None)  # accelerate's wrapper: fp16's GradScaler, if any
+        self._scaler = scaler if scaler is not None and scaler.is_enabled() else None
         optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper -> the torch optimizer
         planned = state.max_steps if state.max_steps and state.max_steps > 0 else None
         kind = DistributedDoctor if distributed_world() else Doctor
@@ -58,15 +61,21 @@ class DoctorCallback(TrainerCallback):
         if state.is_world_process_zero:
             live.listeners.append(lambda finding: logger.warning("nndoctor: " + line_text(finding)))
         self.doctor.attach()
-        self._loss_hook = model.register_forward_hook(self._read_loss, with_kwargs=True)
+        self._loss_hook = model.register_forward_hook(self._read_batch, with_kwargs=True)
+        self._backward, torch.autograd.backward = torch.autograd.backward, self._read_loss
 
-    def _read_loss(self, module, args, kwargs, output) -> None:
-        loss = output.get("loss") if isinstance(output, dict) else getattr(output, "loss", None)
-        if isinstance(loss, torch.Tensor) and loss.numel() == 1 and module.training and torch.is_grad_enabled():
-            self._losses.append(loss.detach().reshape(()).float())
-            self._summed = kwargs.get("num_items_in_batch") is not None
-            if "padding_in_loss" not in self.doctor.extra:
-                self._check_padding(module, kwargs)
+    def _read_loss(self, tensors, *args, **kwargs):
+        """torch.autograd.backward while training: the Trainer's backpropagated scalar, kept
+        on its device (no sync). The pre-flight's probes on copies are not the Trainer's."""
+        result = self._backward(tensors, *args, **kwargs)
+        if isinstance(tensors, torch.Tensor) and tensors.numel() == 1 and not is_examining():
+            loss = tensors.detach().reshape(()).float()
+            self._losses.append(loss if self._scaler is None else loss / self._scaler._get_scale_async())
+        return result
+
+    def _read_batch(self, module, args, kwargs, output) -> None:
+        if module.training and torch.is_grad_enabled() and "padding_in_loss" not in self.doctor.extra:
+            self._check_padding(module, kwargs)
 
     def _check_padding(self, model, kwargs) -> None:
         """Once, on the first training batch: how many of the labels the loss counts (not -100)
@@ -93,12 +102,7 @@ class DoctorCallback(TrainerCallback):
         if doctor is None:
             return
         if doctor.step > self._step_before and self._losses and doctor.active:  # the step was taken
-            losses = torch.stack(self._losses)
-            if not self._summed:
-                doctor.log(loss=losses.mean())
-            else:  # shares of a token count gathered over all processes: this process's mean
-                across = args.world_size if getattr(args, "average_tokens_across_devices", False) else 1
-                doctor.log(loss=losses.sum() * max(1, across))
+            doctor.log(loss=torch.stack(self._losses).sum())
         self._losses = []
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
@@ -110,6 +114,7 @@ class DoctorCallback(TrainerCallback):
         if doctor is None or self.report is not None:
             return
         self._loss_hook.remove()
+        torch.autograd.backward = self._backward
         doctor.detach()
         self.report = report = doctor.report()
         if not state.is_world_process_zero:
