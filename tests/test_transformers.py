@@ -138,3 +138,33 @@ def test_recorded_loss_is_the_trainers_logged_loss(tmp_path, trainer, accumulate
     assert logged == [h["loss"] for h in plain.state.log_history if "loss" in h]
     assert callback.report.meta["losses_logged"] == 6
     assert callback.report.series["loss"]["value"] == pytest.approx(logged, rel=1e-5)
+
+
+class OutOfRange(Motifs):
+    """Labels up to 70 for a 64-token head: the loss raises IndexError at the first step."""
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.ids[i] + 7}
+
+
+def test_a_crash_in_train_writes_the_report_and_detaches(tmp_path):
+    with pytest.raises(IndexError) as bare:
+        tiny_trainer(tmp_path / "bare", data=OutOfRange(64)).train()
+    callback = DoctorCallback(print_report=False)
+    trainer = tiny_trainer(tmp_path, data=OutOfRange(64), callback=callback)
+    backward = torch.autograd.backward
+    with pytest.raises(IndexError) as watched:
+        trainer.train()
+    assert str(watched.value) == str(bare.value)  # the user's exception, unchanged
+    report = callback.report
+    assert report is not None and report.findings[0].code == "data.labels_out_of_range", report.findings
+    saved = Report.from_json((tmp_path / "nndoctor-report" / "report.json").read_text())
+    assert saved.findings[0].code == "data.labels_out_of_range"
+    assert torch.autograd.backward is backward
+    hooked = [m for m in trainer.model.modules() if m._forward_pre_hooks or m is not trainer.model and m._forward_hooks]
+    assert hooked == []  # the model's own forward hooks, which torch was running at the crash, stay inert
+    trainer.train_dataset = Motifs(256)  # fixed: the next train() is watched afresh
+    trainer.train()
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in trainer.model.modules())
+    assert callback.report is not report and callback.report.meta["steps"] == 6
+    assert not callback.report.has("data.labels_out_of_range")

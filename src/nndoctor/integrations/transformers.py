@@ -17,6 +17,7 @@ stderr and to the `transformers` logger. Needs `pip install "nndoctor[transforme
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -26,7 +27,8 @@ from transformers.utils import logging
 from ..collect.case import is_examining
 from ..findings import Report
 from ..live import Live, line_text
-from ..watcher import Doctor
+from ..preflight.crash import explain_crash
+from ..watcher import Doctor, warn_safely
 from .distributed import DistributedDoctor, distributed_world
 
 
@@ -35,7 +37,10 @@ logger = logging.get_logger("nndoctor")
 
 class DoctorCallback(TrainerCallback):
     """Watches the Trainer's model and optimizer; the report lands in `out` (default:
-    `<output_dir>/nndoctor-report`) at the end of training."""
+    `<output_dir>/nndoctor-report`) at the end of training, or when `train()` stops on an
+    exception in the model's forward or the backward (the Trainer tells callbacks nothing of
+    it: a forward hook that always runs and the wrapped backward see it), with the pitfall
+    behind it named (`preflight/crash.py`). The exception goes on unchanged."""
 
     def __init__(self, out: str | Path | None = None, print_report: bool = True, **options):
         self.out = Path(out) if out is not None else None
@@ -48,8 +53,14 @@ class DoctorCallback(TrainerCallback):
         self._step_before = 0
         self._loss_hook = None
         self._backward = None
+        self._out: Path | None = None           # where this watch writes its report (rank 0 only)
+        self._stale: list = []                  # hooks a crash left inert, removed at the next train()
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self._finish()  # a watch left attached by an exception neither hook saw: its report is written
+        for handle in self._stale:
+            handle.remove()
+        self._stale = []
         scaler = getattr(optimizer, "scaler", None)  # accelerate's wrapper: fp16's GradScaler, if any
         self._scaler = scaler if scaler is not None and scaler.is_enabled() else None
         optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper -> the torch optimizer
@@ -58,23 +69,33 @@ class DoctorCallback(TrainerCallback):
         options = dict(self.options)
         live = Live(echo=False, fail_on=options.pop("fail_on", None))  # said through the transformers logger
         self.doctor = kind(model, optimizer, planned_steps=planned, live=live, **options)
+        self.report, self._losses = None, []
+        self._out = None if not state.is_world_process_zero else \
+            self.out if self.out is not None else Path(args.output_dir) / "nndoctor-report"
         if state.is_world_process_zero:
             live.listeners.append(lambda finding: logger.warning("nndoctor: " + line_text(finding)))
         self.doctor.attach()
-        self._loss_hook = model.register_forward_hook(self._read_batch, with_kwargs=True)
+        self._loss_hook = model.register_forward_hook(self._read_batch, with_kwargs=True, always_call=True)
         self._backward, torch.autograd.backward = torch.autograd.backward, self._read_loss
 
     def _read_loss(self, tensors, *args, **kwargs):
         """torch.autograd.backward while training: the Trainer's backpropagated scalar, kept
         on its device (no sync). The pre-flight's probes on copies are not the Trainer's."""
-        result = self._backward(tensors, *args, **kwargs)
+        try:
+            result = self._backward(tensors, *args, **kwargs)
+        except Exception as exc:
+            self._finish(exc)
+            raise
         if isinstance(tensors, torch.Tensor) and tensors.numel() == 1 and not is_examining():
             loss = tensors.detach().reshape(()).float()
             self._losses.append(loss if self._scaler is None else loss / self._scaler._get_scale_async())
         return result
 
     def _read_batch(self, module, args, kwargs, output) -> None:
-        if module.training and torch.is_grad_enabled() and "padding_in_loss" not in self.doctor.extra:
+        error = sys.exc_info()[1] if output is None else None  # always_call: the forward raised
+        if error is not None and not is_examining():
+            self._finish(error, busy=module._forward_hooks)
+        elif module.training and torch.is_grad_enabled() and "padding_in_loss" not in self.doctor.extra:
             self._check_padding(module, kwargs)
 
     def _check_padding(self, model, kwargs) -> None:
@@ -106,23 +127,42 @@ class DoctorCallback(TrainerCallback):
         self._losses = []
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if self.doctor is not None and metrics and "eval_loss" in metrics:
+        if self.doctor is not None and self.report is None and metrics and "eval_loss" in metrics:
             self.doctor.log(val_loss=metrics["eval_loss"])
 
     def on_train_end(self, args, state, control, **kwargs):
+        self._finish()
+
+    def _finish(self, error: BaseException | None = None, busy: dict | None = None) -> None:
+        """Detach every hook, restore the backward, write the report (once per watch). Never
+        raises: on a crash the user's own exception is the one that must go on. `busy`: the
+        model's forward hooks, which torch is running after its forward raised; removing one
+        now would break that loop, so they stay, inert, until the next `train()`."""
         doctor = self.doctor
         if doctor is None or self.report is not None:
             return
-        self._loss_hook.remove()
-        torch.autograd.backward = self._backward
-        doctor.detach()
-        self.report = report = doctor.report()
-        if not state.is_world_process_zero:
-            return
-        out = self.out if self.out is not None else Path(args.output_dir) / "nndoctor-report"
-        out.mkdir(parents=True, exist_ok=True)
-        report.save_json(out / "report.json")
-        report.save_html(out / "report.html")
-        if self.print_report:
-            from rich.console import Console
-            Console().print(report)
+        try:
+            handles = [self._loss_hook, *doctor._handles, *doctor._sampling]
+            self._stale = [h for h in handles if busy is not None and h.hooks_dict_ref() is busy]
+            doctor._handles = [h for h in handles if h not in self._stale]
+            doctor._sampling = []
+            if torch.autograd.backward == self._read_loss:
+                torch.autograd.backward = self._backward
+            doctor.detach()
+            report = doctor.report()
+            crash = explain_crash(error, doctor.step, report.findings) if error is not None else None
+            if crash is not None:
+                report = Report(findings=[crash, *report.findings], meta={**report.meta, "ended": "exception"},
+                                notes=[*report.notes, f"training stopped on an exception after {doctor.step} steps"],
+                                series=report.series)
+            self.report = report
+            if self._out is None:
+                return
+            self._out.mkdir(parents=True, exist_ok=True)
+            report.save_json(self._out / "report.json")
+            report.save_html(self._out / "report.html")
+            if self.print_report:
+                from rich.console import Console
+                Console().print(report)
+        except Exception as exc:  # our bug must not replace the user's exception or stop training
+            warn_safely(f"nndoctor could not finish its report ({type(exc).__name__}: {exc})")
