@@ -46,7 +46,7 @@ class PaddedMotifs(Motifs):
         return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": labels}
 
 
-def train(tmp_path, lr: float, accumulate: int = 1, steps: int = 80, data=None):
+def train(tmp_path, lr: float, accumulate: int = 1, steps: int = 80, data=None, **options):
     torch.manual_seed(0)
     config = transformers.GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=2,
                                      bos_token_id=0, eos_token_id=0, pad_token_id=0)
@@ -55,7 +55,7 @@ def train(tmp_path, lr: float, accumulate: int = 1, steps: int = 80, data=None):
         gradient_accumulation_steps=accumulate, learning_rate=lr, report_to=[], use_cpu=True,
         save_strategy="no", logging_steps=1000, disable_tqdm=True, eval_strategy="steps", eval_steps=40,
         per_device_eval_batch_size=64)
-    callback = DoctorCallback(print_report=False)
+    callback = DoctorCallback(print_report=False, **options)
     trainer = transformers.Trainer(model=transformers.GPT2LMHeadModel(config), args=args,
                                    train_dataset=data or Motifs(512), eval_dataset=Motifs(128, seed=1),
                                    callbacks=[callback])
@@ -78,6 +78,16 @@ def test_healthy_training_with_accumulation(tmp_path):
 def test_learning_rate_far_too_high_is_named(tmp_path):
     _, _, report = train(tmp_path, lr=0.5, steps=60)
     assert report.findings[0].code == "lr.too_high"
+
+
+def test_fail_on_stops_the_run_after_writing_the_report(tmp_path):
+    from nndoctor.live import DoomedRun
+    with pytest.raises(DoomedRun) as stopped:
+        train(tmp_path, lr=0.5, steps=60, fail_on="error")
+    assert stopped.value.finding.code == "lr.too_high"
+    saved = Report.from_json((tmp_path / "nndoctor-report" / "report.json").read_text())
+    assert saved.has("lr.too_high") and saved.meta["steps"] < 60
+    assert (tmp_path / "nndoctor-report" / "report.html").exists()
 
 
 @pytest.mark.parametrize("mask_labels", [False, True], ids=["labels=input_ids", "padding labels -100"])

@@ -25,8 +25,8 @@ from transformers import TrainerCallback
 from transformers.utils import logging
 
 from ..collect.case import is_examining
-from ..findings import Report
-from ..live import Live, line_text
+from ..findings import Finding, Report
+from ..live import DoomedRun, Live, check_fail_on, fails, line_text
 from ..preflight.crash import explain_crash
 from ..watcher import Doctor, warn_safely
 from .distributed import DistributedDoctor, distributed_world
@@ -42,10 +42,13 @@ class DoctorCallback(TrainerCallback):
     it: a forward hook that always runs and the wrapped backward see it), with the pitfall
     behind it named (`preflight/crash.py`). The exception goes on unchanged."""
 
-    def __init__(self, out: str | Path | None = None, print_report: bool = True, **options):
+    def __init__(self, out: str | Path | None = None, print_report: bool = True, fail_on: str | None = None,
+                 **options):
         self.out = Path(out) if out is not None else None
         self.print_report = print_report
+        self.fail_on = check_fail_on(fail_on)
         self.options = options
+        self._doomed: Finding | None = None     # fail_on: the finding that stops the run
         self.doctor: Doctor | None = None
         self.report: Report | None = None
         self._losses: list[torch.Tensor] = []   # this optimizer step's backpropagated shares
@@ -66,14 +69,14 @@ class DoctorCallback(TrainerCallback):
         optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper -> the torch optimizer
         planned = state.max_steps if state.max_steps and state.max_steps > 0 else None
         kind = DistributedDoctor if distributed_world() else Doctor
-        options = dict(self.options)
-        live = Live(echo=False, fail_on=options.pop("fail_on", None))  # said through the transformers logger
-        self.doctor = kind(model, optimizer, planned_steps=planned, live=live, **options)
-        self.report, self._losses = None, []
+        live = Live(echo=False)  # said through the transformers logger; fail_on is ours (on_optimizer_step)
+        self.doctor = kind(model, optimizer, planned_steps=planned, live=live, **self.options)
+        self.report, self._losses, self._doomed = None, [], None
         self._out = None if not state.is_world_process_zero else \
             self.out if self.out is not None else Path(args.output_dir) / "nndoctor-report"
         if state.is_world_process_zero:
             live.listeners.append(lambda finding: logger.warning("nndoctor: " + line_text(finding)))
+        live.listeners.append(self._doom)
         self.doctor.attach()
         self._loss_hook = model.register_forward_hook(self._read_batch, with_kwargs=True, always_call=True)
         self._backward, torch.autograd.backward = torch.autograd.backward, self._read_loss
@@ -125,6 +128,13 @@ class DoctorCallback(TrainerCallback):
         if doctor.step > self._step_before and self._losses and doctor.active:  # the step was taken
             doctor.log(loss=torch.stack(self._losses).sum())
         self._losses = []
+        if self._doomed is not None:  # the report first, then the run stops (as watch() does)
+            self._finish()
+            raise DoomedRun(self._doomed)
+
+    def _doom(self, finding: Finding) -> None:
+        if self._doomed is None and fails(finding, self.fail_on):
+            self._doomed = finding
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if self.doctor is not None and self.report is None and metrics and "eval_loss" in metrics:
