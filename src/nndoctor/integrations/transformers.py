@@ -89,13 +89,15 @@ class DoctorCallback(TrainerCallback):
         except Exception as exc:
             self._finish(exc)
             raise
-        if isinstance(tensors, torch.Tensor) and tensors.numel() == 1 and not is_examining():
+        if self.report is None and isinstance(tensors, torch.Tensor) and tensors.numel() == 1 and not is_examining():
             loss = tensors.detach().reshape(()).float()
             self._losses.append(loss if self._scaler is None else loss / self._scaler._get_scale_async())
         return result
 
     def _read_batch(self, module, args, kwargs, output) -> None:
         error = sys.exc_info()[1] if output is None else None  # always_call: the forward raised
+        if self.report is not None:  # a hook a crash left in place: inert
+            return
         if error is not None and not is_examining():
             self._finish(error, busy=module._forward_hooks)
         elif module.training and torch.is_grad_enabled() and "padding_in_loss" not in self.doctor.extra:
