@@ -11,9 +11,10 @@ is wrapped: each micro-batch's backpropagated scalar is the share of the step's 
 Trainer adds up and logs (divided by the accumulation steps or not, by the model's
 `num_items_in_batch` or not, a custom `compute_loss` included), so their sum per optimizer step
 is the loss the Trainer logs (fp16's GradScaler factor taken out). Validation losses come
-from `on_evaluate` (`eval_loss`). Under torchrun every process watches its replica and rank
-0 writes the report (see `distributed`). Each warning or error is said when first confirmed, on
-stderr and to the `transformers` logger. Needs `pip install "nndoctor[transformers]"`.
+from `on_evaluate` (`eval_loss`). The first step's pre-flight checks come from the capture
+path every watcher shares (the model's keyword call: `preflight/keywords.py`). Under torchrun
+every process watches its replica and rank 0 writes the report (see `distributed`). Each
+warning or error is said when first confirmed, on stderr and to the `transformers` logger. Needs `pip install "nndoctor[transformers]"`.
 """
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ class DoctorCallback(TrainerCallback):
         self._losses: list[torch.Tensor] = []   # this optimizer step's backpropagated shares
         self._scaler = None
         self._step_before = 0
-        self._loss_hook = None
+        self._crash_hook = None
         self._backward = None
         self._out: Path | None = None           # where this watch writes its report (rank 0 only)
         self._stale: list = []                  # hooks a crash left inert, removed at the next train()
@@ -78,7 +79,7 @@ class DoctorCallback(TrainerCallback):
             live.listeners.append(lambda finding: logger.warning("nndoctor: " + line_text(finding)))
         live.listeners.append(self._doom)
         self.doctor.attach()
-        self._loss_hook = model.register_forward_hook(self._read_batch, with_kwargs=True, always_call=True)
+        self._crash_hook = model.register_forward_hook(self._seen_forward, always_call=True)
         self._backward, torch.autograd.backward = torch.autograd.backward, self._read_loss
 
     def _read_loss(self, tensors, *args, **kwargs):
@@ -94,31 +95,12 @@ class DoctorCallback(TrainerCallback):
             self._losses.append(loss if self._scaler is None else loss / self._scaler._get_scale_async())
         return result
 
-    def _read_batch(self, module, args, kwargs, output) -> None:
+    def _seen_forward(self, module, args, output) -> None:
         error = sys.exc_info()[1] if output is None else None  # always_call: the forward raised
         if self.report is not None:  # a hook a crash left in place: inert
             return
         if error is not None and not is_examining():
             self._finish(error, busy=module._forward_hooks)
-        elif module.training and torch.is_grad_enabled() and "padding_in_loss" not in self.doctor.extra:
-            self._check_padding(module, kwargs)
-
-    def _check_padding(self, model, kwargs) -> None:
-        """Once, on the first training batch: how many of the labels the loss counts (not -100)
-        are padding, by the batch's attention mask or the config's pad id (one look, like a
-        pre-flight check; judged by the data.padding_in_loss rule)."""
-        from ..preflight.graph_checks import padding_share
-        labels, mask = kwargs.get("labels"), kwargs.get("attention_mask")
-        config = getattr(model, "config", None)
-        pad, eos = getattr(config, "pad_token_id", None), getattr(config, "eos_token_id", None)
-        if not isinstance(labels, torch.Tensor) or labels.is_floating_point():
-            return
-        found = padding_share(labels, -100, attention_mask=mask if isinstance(mask, torch.Tensor) else None,
-                              pad_id=pad if isinstance(pad, int) else None, eos_id=eos if isinstance(eos, int) else None)
-        how = "the attention mask is 0 there" if isinstance(mask, torch.Tensor) and mask.shape == labels.shape \
-            else f"label = the config's pad_token_id {pad}"
-        self.doctor.extra["padding_in_loss"] = None if found is None else \
-            {"share": found[0], "counted": found[1], "ignore_index": -100, "how": how}
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self._step_before = self.doctor.step if self.doctor else 0
@@ -154,7 +136,7 @@ class DoctorCallback(TrainerCallback):
         if doctor is None or self.report is not None:
             return
         try:
-            handles = [self._loss_hook, *doctor._handles, *doctor._sampling]
+            handles = [self._crash_hook, *doctor._handles, *doctor._sampling]
             self._stale = [h for h in handles if busy is not None and h.hooks_dict_ref() is busy]
             doctor._handles = [h for h in handles if h not in self._stale]
             doctor._sampling = []
