@@ -8,7 +8,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may touch the netwo
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
+import nndoctor  # noqa: E402
 from nndoctor.findings import Report  # noqa: E402
+from nndoctor.integrations.script import run  # noqa: E402
 from nndoctor.integrations.transformers import DoctorCallback  # noqa: E402
 
 
@@ -96,6 +98,77 @@ def test_padding_counted_in_the_loss_is_named(tmp_path, mask_labels):
     assert report.has("data.padding_in_loss") != mask_labels, [(f.code, f.message) for f in report.findings]
     if not mask_labels:
         assert report.get("data.padding_in_loss").evidence["padding_share"] > 0.3
+
+
+# the keyword call's first-step checks, the same under every watcher: (planted bug, the code it
+# must raise at the first step); the healthy twin masks padding with -100 and keeps the default init
+KEYWORD_BUGS = {"padding in labels": (dict(mask_labels=False), "data.padding_in_loss"),
+                "head x50": (dict(head_scale=50.0), "loss.init_mismatch"),
+                "healthy": ({}, None)}
+KEYWORD_LOOP = """
+import torch
+def own_loop(model, data, opt):
+    loader = torch.utils.data.DataLoader(data, batch_size=16, shuffle=True)
+    for batch in loader:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+"""
+
+
+def gpt2(head_scale: float = 1.0):
+    """A tiny GPT-2 (its head tied to the token embedding), the head scaled after init."""
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=2,
+                                     bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    model = transformers.GPT2LMHeadModel(config)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(head_scale)
+    return model
+
+
+def keyword_run(tmp_path, how: str, model, data) -> Report:
+    """The first steps of `model` on `data` under the HF Trainer, nndoctor.watch() on a hand-written
+    loop, or `nndoctor watch` on a script running that loop."""
+    if how == "Trainer":
+        args = transformers.TrainingArguments(
+            output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=16, learning_rate=1e-3,
+            report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True)
+        callback = DoctorCallback(print_report=False)
+        transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[callback]).train()
+        return callback.report
+    if how == "watch()":
+        scope = {}
+        exec(KEYWORD_LOOP, scope)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        with nndoctor.watch(model, opt, live=False) as doctor:
+            scope["own_loop"](model, torch.utils.data.Subset(data, range(64)), opt)
+        return doctor.report()
+    torch.save({"model": model, "data": torch.utils.data.Subset(data, range(64))}, tmp_path / "setup.pt")
+    script = tmp_path / "train.py"
+    script.write_text(KEYWORD_LOOP + f"\nsetup = torch.load({str(tmp_path / 'setup.pt')!r}, weights_only=False)\n"
+                      "own_loop(setup['model'], setup['data'], torch.optim.AdamW(setup['model'].parameters(), lr=1e-3))\n")
+    assert run(str(script), [], out=tmp_path / "report") == 0
+    return Report.from_json((tmp_path / "report" / "report.json").read_text())
+
+
+@pytest.mark.parametrize("how", ["Trainer", "watch()", "nndoctor watch"])
+@pytest.mark.parametrize("bug", list(KEYWORD_BUGS))
+def test_keyword_model_bug_is_named_at_the_first_step_under_every_watcher(tmp_path, how, bug):
+    """`model(input_ids=..., attention_mask=..., labels=...)` returning `.loss`/`.logits`: the
+    capture path keeps the keyword inputs and the output, and the pre-flight names the planted
+    bug at the first step (step None) whichever watcher holds the capture; the twin stays silent."""
+    options, code = KEYWORD_BUGS[bug]
+    data = PaddedMotifs(256, options.get("mask_labels", True))
+    report = keyword_run(tmp_path, how, gpt2(options.get("head_scale", 1.0)), data)
+    problems = [f.code for f in report.findings if f.is_problem]
+    if code is None:
+        assert problems == [], [(f.code, f.message) for f in report.findings]
+    else:
+        assert problems[0] == code and report.get(code).step is None, problems
+    assert report.meta["checkup"]["at"] == "first training step"
+    assert any("keyword inputs" in note for note in report.notes)
 
 
 class TinyLM(torch.nn.Module):

@@ -27,16 +27,16 @@ def examine_keywords(captured) -> tuple[list[Finding], list[str], dict]:
     """(findings, notes, meta) of the checks a keyword call allows (run under `hands_off`)."""
     start = time.perf_counter()
     model, kw, result = captured.model, captured.keywords, captured.result or {}
-    labels, mask = kw.get("labels"), kw.get("attention_mask")
+    labels = kw.get("labels")
     if not isinstance(labels, torch.Tensor) or labels.is_floating_point():
         labels = None
     notes: list[str] = []
-    found = [_padding(model, labels, mask if isinstance(mask, torch.Tensor) else None),
+    found = [_padding(model, labels, kw),
              _init_loss(model, labels, kw, result, notes), check_recurrent_scale(Case(model=model, data=None))]
     findings = [f for f in found if f is not None]
     notes.append(f"The model was called with keyword inputs ({', '.join(sorted(kw))}): the first-step checks that "
                  "trace one input tensor through a copy (output activation, init scale and symmetry, depth, the "
-                 "overfit and no-signal tests) were skipped; nndoctor.checkup() runs them on a model taking one tensor.")
+                 "overfit and no-signal tests) were skipped.")
     meta = {"checkup": {"seconds": round(time.perf_counter() - start, 3), "model": type(model).__name__,
                         "loss": "the model's own", "at": "first training step", "inputs": sorted(kw)},
             "model": type(model).__name__, "module_types": module_types(model)}
@@ -45,12 +45,15 @@ def examine_keywords(captured) -> tuple[list[Finding], list[str], dict]:
     return findings, notes + ([] if "loss" in result else captured.notes), meta
 
 
-def _padding(model, labels, mask) -> Finding | None:
+def _padding(model, labels, kw: dict) -> Finding | None:
     """How many of the labels the loss counts (not -100) are padding: where the attention mask
-    is 0, else where the label is the config's pad id."""
-    if labels is None:
+    of the labels' sequence is 0 (an encoder-decoder's is the decoder's), else where the label
+    is the config's pad id. Token labels only: one label per sequence equal to the pad id is a class."""
+    if labels is None or labels.dim() < 2:
         return None
     config = getattr(model, "config", None)
+    mask = kw.get("decoder_attention_mask" if getattr(config, "is_encoder_decoder", False) else "attention_mask")
+    mask = mask if isinstance(mask, torch.Tensor) else None
     pad, eos = getattr(config, "pad_token_id", None), getattr(config, "eos_token_id", None)
     found = padding_share(labels, IGNORE, attention_mask=mask, pad_id=pad if isinstance(pad, int) else None,
                           eos_id=eos if isinstance(eos, int) else None)
@@ -93,13 +96,13 @@ def _init_loss(model, labels, kw: dict, result: dict, notes: list[str]) -> Findi
     where = next((n for n, m in model.named_modules() if m is head and n), "model")
     std = getattr(getattr(model, "config", None), "initializer_range", 0.02)
     fix = None if where == "model" else \
-        (f"Start the output head small so the first guesses are near uniform: `with torch.no_grad(): "
-         f"nn.init.normal_({code_ref(where)}.weight, std={std:g})` (the config's initializer_range), or leave the "
-         f"model's own init in place.")
+        (f"Start the output head small so the first guesses are near uniform, as the model's own init does "
+         f"(the config's initializer_range): `with torch.no_grad(): torch.nn.init.normal_({code_ref(where)}.weight, "
+         f"std={std:g})`.")
     return Finding.make(
         "loss.init_mismatch",
         f"The loss at init is {mean:.3g}, {mean / expected:.3g}x the {expected:.3g} expected (ln {vocab}, uniform "
-        f"guessing over the {vocab}-token vocabulary).",
+        f"guessing over the {vocab} {'tokens of the vocabulary' if labels.dim() >= 2 else 'classes'}).",
         evidence={"initial_loss": mean, "expected": expected, "ratio": mean / expected, "vocabulary": vocab,
                   "tokens_counted": int(counted.numel()), "output_std": float(logits.double().std())},
         where=where, fix=fix)
@@ -109,6 +112,7 @@ def _own_cross_entropy(logits, labels, loss: float, items) -> float | None:
     """The mean cross-entropy per counted token, when the model's loss is it (or its sum over
     `items` tokens), shifted by one position (causal LM) or not; else None."""
     logits = logits.float()
+    counts = [float(items)] if isinstance(items, (int, float)) or isinstance(items, torch.Tensor) and items.numel() == 1 else []
     pairs = [(logits, labels)]
     if labels.dim() >= 2 and logits.dim() == labels.dim() + 1:
         pairs.append((logits[..., :-1, :], labels[..., 1:]))
@@ -118,9 +122,6 @@ def _own_cross_entropy(logits, labels, loss: float, items) -> float | None:
         total = F.cross_entropy(out.reshape(-1, out.shape[-1]), target.reshape(-1), ignore_index=IGNORE,
                                 reduction="sum")
         n = int((target != IGNORE).sum())
-        if not n:
-            continue
-        for own in (total / n, total / float(items) if isinstance(items, (int, float, torch.Tensor)) and float(items) else None):
-            if own is not None and abs(float(own) - loss) <= 1e-4 * max(1.0, abs(loss)):
-                return float(total / n)
+        if any(k > 0 and abs(float(total) / k - loss) <= 1e-4 * max(1.0, abs(loss)) for k in [n, *counts]):
+            return float(total) / n
     return None
