@@ -251,3 +251,40 @@ def test_a_crash_in_train_writes_the_report_and_detaches(tmp_path):
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in trainer.model.modules())
     assert callback.report is not report and callback.report.meta["steps"] == 6
     assert not callback.report.has("data.labels_out_of_range")
+
+
+class SmoothedLM(TinyLM):
+    """TinyLM whose own loss is label-smoothed: not the plain cross-entropy ln V judges."""
+
+    def forward(self, input_ids, labels=None, attention_mask=None, **kwargs):
+        logits = self.head(torch.relu(self.embed(input_ids)))
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), label_smoothing=0.1)
+        return transformers.modeling_outputs.CausalLMOutput(loss=loss, logits=logits)
+
+
+@pytest.mark.parametrize("model", [TinyLM, SmoothedLM])
+def test_the_capture_keeps_the_keyword_call_and_judges_only_the_models_plain_cross_entropy(model):
+    """The first call's keyword inputs and output tensors are the case; a head x50 is named when
+    the model's loss is its plain cross-entropy, and only noted when it is label-smoothed."""
+    from nndoctor.collect.case import CaseCapture
+    from nndoctor.preflight import examine_captured
+    torch.manual_seed(0)
+    lm = model()
+    with torch.no_grad():
+        lm.head.weight.mul_(50)
+    batch = PaddedMotifs(16, mask_labels=True)[:]
+    capture = CaseCapture(lm)
+    capture.install()
+    try:
+        out = lm(**batch)
+        out.loss.backward()
+        captured = capture.case()
+    finally:
+        capture.finish()
+    assert sorted(captured.keywords) == ["attention_mask", "input_ids", "labels"]
+    assert sorted(captured.result) == ["logits", "loss"] and float(captured.result["loss"]) == out.loss.item()
+    findings, notes, _ = examine_captured(captured)
+    assert [f.code for f in findings] == (["loss.init_mismatch"] if model is TinyLM else []), notes
+    if model is SmoothedLM:
+        assert any("not the plain cross-entropy" in n for n in notes)
+

@@ -67,7 +67,8 @@ def examine_captured(captured):
     watched run is not held up for seconds. A model called with keyword inputs and no loss
     outside it (Hugging Face style) gets the checks its call allows (`keywords`)."""
     x, y = captured.x, captured.target
-    if (x is None or y is None) and captured.keywords and captured.error is None:
+    if (x is None or y is None) and captured.error is None \
+            and any(isinstance(v, torch.Tensor) for v in captured.keywords.values()):
         with hands_off(captured.model):
             return examine_keywords(captured)
     if x is None or y is None or len(x) != len(y):
