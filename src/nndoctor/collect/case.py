@@ -8,7 +8,10 @@ first training step:
 - the model's call: the outermost call (global module forward hooks track the depth) of the
   watched model or of one of its submodules (a LightningModule's `training_step` may call
   `self.net(x)`); with no model given (`nndoctor watch`), of any module with trainable
-  parameters. Its positional inputs and its output are kept.
+  parameters. Its positional inputs and its output are kept; for the first call also its
+  keyword inputs and, when it returns a mapping (a Hugging Face ModelOutput), every tensor in
+  it: a model called as `model(input_ids=..., labels=...)` that computes its own loss has no
+  other case (see `preflight/keywords.py`).
 - every torch function called after it in grad mode (a `TorchFunctionMode`): the loss
   functions (`F.cross_entropy`, `F.mse_loss`, ...), the loss modules (whose forward is
   attributed to the module, so its `weight` and `label_smoothing` are kept) and the plain
@@ -30,6 +33,7 @@ objects are never run or changed here.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -74,12 +78,14 @@ def is_examining() -> bool:
 class Captured:
     """What the first training step held. `target`/`loss_fn` are None when no loss was found."""
     model: nn.Module
-    inputs: tuple                          # the positional inputs of its call (keyword inputs are not seen)
+    inputs: tuple                          # the positional inputs of its call
     output: torch.Tensor | None
     target: torch.Tensor | None = None
     loss_fn: object = None
     error: BaseException | None = None     # what the loss raised on this batch
     notes: list[str] = field(default_factory=list)
+    keywords: dict = field(default_factory=dict)  # the first call's keyword inputs (tensors and numbers)
+    result: dict | None = None             # the first call's output when a mapping: its tensors (loss, logits)
 
     @property
     def x(self) -> torch.Tensor | None:
@@ -181,6 +187,7 @@ class CaseCapture(TorchFunctionMode):
         self._members = {id(m) for m in model.modules()} if model is not None else None
         self._depth = 0
         self._calls: dict[int, tuple] = {}    # id(output) -> (module, inputs, output)
+        self._first: tuple = ({}, None)        # the first call's (keywords, result): see Captured
         self._ops: list[_Op] = []
         self._made: dict[int, int] = {}        # id(tensor) -> index of the op that made it
         self._derived: set[int] = set()        # ids of tensors computed from a model output
@@ -200,7 +207,7 @@ class CaseCapture(TorchFunctionMode):
             return
         from torch.nn.modules import module as hooks
         self._handles = [hooks.register_module_forward_pre_hook(self._enter_module),
-                         hooks.register_module_forward_hook(self._leave_module, always_call=True)]
+                         hooks.register_module_forward_hook(self._leave_module, with_kwargs=True, always_call=True)]
         self.__enter__()
         self._entered = True
 
@@ -212,6 +219,7 @@ class CaseCapture(TorchFunctionMode):
             handle.remove()
         self._handles = []
         self._calls, self._ops, self._made, self._reached, self._derived = {}, [], {}, set(), set()
+        self._first = ({}, None)
         self._leave_mode()
 
     def _leave_mode(self) -> None:
@@ -248,7 +256,10 @@ class CaseCapture(TorchFunctionMode):
             self._loss_module = module
         self._depth += 1
 
-    def _leave_module(self, module, args, output) -> None:
+    def _leave_module(self, module, args, *rest) -> None:
+        """rest: (kwargs, output); after a forward that raised, torch 2.13 calls an always-called
+        global hook without the kwargs (and the output is None)."""
+        kwargs, output = rest if len(rest) == 2 else ({}, rest[-1])
         if self.done:
             return
         self._depth = max(0, self._depth - 1)
@@ -263,6 +274,11 @@ class CaseCapture(TorchFunctionMode):
             return
         if isinstance(module, nn.parallel.DistributedDataParallel):
             module = module.module
+        if not self._calls:  # kept for the first call only: a large vocabulary's logits are big
+            result = {k: v.detach() for k, v in output.items() if isinstance(v, torch.Tensor)} \
+                if isinstance(output, Mapping) else None
+            self._first = ({k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()
+                            if isinstance(v, (torch.Tensor, int, float))}, result)
         self._calls[id(out)] = (module, _detached(args), out)
 
     # ---- the function mode ------------------------------------------------------------
@@ -328,6 +344,12 @@ class CaseCapture(TorchFunctionMode):
 
     def case(self) -> Captured | None:
         """The case of the first step (after its backward), or None when no model call was seen."""
+        captured = self._case()
+        if captured is not None:
+            captured.keywords, captured.result = self._first
+        return captured
+
+    def _case(self) -> Captured | None:
         if self._failed is not None:
             return self._failed_case()
         if not self._calls:

@@ -40,6 +40,7 @@ from . import graph_checks as gc
 from . import model_checks as mc
 from .batch_checks import check_batch_too_large
 from .case import Case
+from .keywords import examine_keywords
 from .losses import BINARY, CLASSIFICATION, default_loss, loss_kind, run_loss
 from .overfit import OutOfTime, check_no_signal, check_overfit_batch
 from .structure import probe_copy, trace
@@ -63,8 +64,13 @@ def examine_captured(captured):
     """(findings, notes, meta) of the checkup on the first training step a watcher captured
     (`collect.case.Captured`): the same checks as `checkup()`, on its batch and its loss. The
     learning probes are skipped on large models (a note says so), so that the first step of a
-    watched run is not held up for seconds."""
+    watched run is not held up for seconds. A model called with keyword inputs and no loss
+    outside it (Hugging Face style) gets the checks its call allows (`keywords`)."""
     x, y = captured.x, captured.target
+    if (x is None or y is None) and captured.error is None \
+            and any(isinstance(v, torch.Tensor) for v in captured.keywords.values()):
+        with hands_off(captured.model):
+            return examine_keywords(captured)
     if x is None or y is None or len(x) != len(y):
         why = ("the model takes other inputs than one tensor" if x is None else
                "no loss on the model's output was found" if y is None else "the target has another row count")

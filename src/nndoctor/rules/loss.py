@@ -174,14 +174,3 @@ def _training_noise(run: Run) -> Finding | None:
                             f"batch-to-batch noise).",
                             evidence={"late_level": level, "relative_noise": noise}, severity="info")
     return None
-
-
-@rule("data.padding_in_loss")
-def padding_in_loss(run: Run) -> Finding | None:
-    """Padding counted in a sequence loss, as an integration measured it on the first batch
-    (the HF callback sees the labels and the attention mask; see preflight/graph_checks.py)."""
-    seen = run.extra.get("padding_in_loss")
-    if not seen:
-        return None
-    from ..preflight.graph_checks import padding_finding
-    return padding_finding(seen["share"], seen["counted"], seen["ignore_index"], seen["how"], "labels")
