@@ -188,6 +188,21 @@ def test_data_checks_read_the_dataloader_the_first_batch_came_from(tmp_path, cod
     assert status == 0 and problems(healthy) == [], problems(healthy)
 
 
+def dropout_mlp(p: float) -> str:
+    return (f"model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Dropout({p}), nn.Linear(32, 5))\n"
+            "loss_fn = nn.CrossEntropyLoss()\nY = y\n")
+
+
+def test_dropout_too_strong_is_measured_after_the_run_as_diagnose_measures_it(tmp_path):
+    """diagnose() compares the loss with dropout on and off on one batch after training; the
+    script's watcher does it on the first step's batch."""
+    status, report = watched(tmp_path, HEAD + dropout_mlp(0.9) + LOOP)
+    assert report.root.code == "reg.too_strong", problems(report)
+    assert report.root.evidence["p"] == 0.9
+    status, healthy = watched(tmp_path, HEAD + dropout_mlp(0.1) + LOOP)
+    assert status == 0 and problems(healthy) == [], problems(healthy)
+
+
 # ---- the user's own loop, the losses as users write them ------------------------------------
 def own_loop(model, loss_fn, X, Y, steps=40, **options):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

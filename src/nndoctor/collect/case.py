@@ -204,6 +204,7 @@ class CaseCapture(TorchFunctionMode):
         self.done = False
         self.overflow = False
         self._examined: tuple | None = None
+        self.examined_case: Captured | None = None  # the first step's case, for probes after training
 
     # ---- on / off -----------------------------------------------------------------
     def install(self) -> None:
@@ -389,6 +390,7 @@ class CaseCapture(TorchFunctionMode):
                 findings, notes, meta, targets = [], [f"The pre-flight checks failed at the first step "
                                                       f"({type(exc).__name__}: {exc})."], {}, None
             self._examined = (findings, notes, meta, targets)
+            self.examined_case = captured
         return self._examined
 
     def case(self) -> Captured | None:
