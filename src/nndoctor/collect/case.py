@@ -87,7 +87,7 @@ class Captured:
     loss_fn: object = None
     error: BaseException | None = None     # what the loss raised on this batch
     notes: list[str] = field(default_factory=list)
-    data: DataLoader | None = None         # the loader that yielded `inputs[0]` itself, when one did
+    data: DataLoader | None = None         # the loader whose batch was (inputs[0], target) itself, when one was
 
     @property
     def x(self) -> torch.Tensor | None:
