@@ -188,6 +188,14 @@ def test_data_checks_read_the_dataloader_the_first_batch_came_from(tmp_path, cod
     assert status == 0 and problems(healthy) == [], problems(healthy)
 
 
+def test_a_loader_with_its_own_collate_fn_leaves_the_data_checks_on_the_first_batch(tmp_path):
+    """Its dataset's rows need not be what the model takes (padding, tokenizing): not sampled."""
+    loop = LOADER_LOOP.replace("shuffle=SHUFFLE)", "shuffle=False,\n                    collate_fn=lambda rows: torch.utils.data.default_collate(rows))")
+    status, report = watched(tmp_path, HEAD + SORTED + loop)
+    assert "data.unshuffled" not in problems(report)
+    assert any("collates its rows with its own collate_fn" in n for n in report.notes), report.notes
+
+
 def dropout_mlp(p: float) -> str:
     return (f"model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Dropout({p}), nn.Linear(32, 5))\n"
             "loss_fn = nn.CrossEntropyLoss()\nY = y\n")

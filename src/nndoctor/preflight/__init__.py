@@ -62,8 +62,8 @@ def checkup(model, train_data, loss_fn=None, val_data=None, batch_size=None) -> 
 
 def examine_captured(captured):
     """(findings, notes, meta) of the checkup on the first training step a watcher captured
-    (`collect.case.Captured`): the same checks as `checkup()`, on its batch and its loss. The
-    learning probes are skipped on large models (a note says so), so that the first step of a
+    (`collect.case.Captured`): the same checks as `checkup()`, on its loss and on the dataset
+    of the DataLoader the batch came from (`loader_rows`), else on the batch. The learning probes are skipped on large models (a note says so), so that the first step of a
     watched run is not held up for seconds."""
     x, y = captured.x, captured.target
     if x is None or y is None or len(x) != len(y):
