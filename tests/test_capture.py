@@ -158,6 +158,59 @@ def test_early_stop_is_never_headlined_healthy(tmp_path):
     assert verdict(report)[0].startswith("Stopped early")
 
 
+LOADER_LOOP = """
+from torch.utils.data import DataLoader, TensorDataset
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+loader = DataLoader(TensorDataset(X, Y), batch_size=32, shuffle=SHUFFLE)
+for epoch in range(3):
+    for xb, yb in loader:
+        loss = loss_fn(model(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+"""
+SORTED = MLP + "loss_fn = nn.CrossEntropyLoss()\norder = y.argsort()\nX, Y = X[order], y[order]\n"
+REGRESSION = "model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 1))\nloss_fn = nn.MSELoss()\n" \
+             "Y = X[:, :1] - X[:, 1:2]\n"
+
+
+@pytest.mark.parametrize("code,sick,twin", [
+    ("data.unshuffled", SORTED + "SHUFFLE = False\n", SORTED + "SHUFFLE = True\n"),
+    # the NaN target is in the 13th batch: the first batch alone is clean
+    ("data.nonfinite", REGRESSION + "Y[400] = float('nan')\nSHUFFLE = False\n", REGRESSION + "SHUFFLE = False\n"),
+], ids=["unshuffled", "nan_target_after_the_first_batch"])
+def test_data_checks_read_the_dataloader_the_first_batch_came_from(tmp_path, code, sick, twin):
+    """diagnose() checks the whole train_data; a script's watcher finds the DataLoader whose
+    batch the model took and checks its dataset the same way, not the first batch alone."""
+    status, report = watched(tmp_path, HEAD + sick + LOADER_LOOP)
+    assert report.root.code == code and report.root.step is None, problems(report)
+    status, healthy = watched(tmp_path, HEAD + twin + LOADER_LOOP)
+    assert status == 0 and problems(healthy) == [], problems(healthy)
+
+
+def test_a_loader_with_its_own_collate_fn_leaves_the_data_checks_on_the_first_batch(tmp_path):
+    """Its dataset's rows need not be what the model takes (padding, tokenizing): not sampled."""
+    loop = LOADER_LOOP.replace("shuffle=SHUFFLE)", "shuffle=False,\n                    collate_fn=lambda rows: torch.utils.data.default_collate(rows))")
+    status, report = watched(tmp_path, HEAD + SORTED + loop)
+    assert "data.unshuffled" not in problems(report)
+    assert any("collates its rows with its own collate_fn" in n for n in report.notes), report.notes
+
+
+def dropout_mlp(p: float) -> str:
+    return (f"model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Dropout({p}), nn.Linear(32, 5))\n"
+            "loss_fn = nn.CrossEntropyLoss()\nY = y\n")
+
+
+def test_dropout_too_strong_is_measured_after_the_run_as_diagnose_measures_it(tmp_path):
+    """diagnose() compares the loss with dropout on and off on one batch after training; the
+    script's watcher does it on the first step's batch."""
+    status, report = watched(tmp_path, HEAD + dropout_mlp(0.9) + LOOP)
+    assert report.root.code == "reg.too_strong", problems(report)
+    assert report.root.evidence["p"] == 0.9
+    status, healthy = watched(tmp_path, HEAD + dropout_mlp(0.1) + LOOP)
+    assert status == 0 and problems(healthy) == [], problems(healthy)
+
+
 # ---- the user's own loop, the losses as users write them ------------------------------------
 def own_loop(model, loss_fn, X, Y, steps=40, **options):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -12,6 +12,9 @@ first training step:
   keyword inputs and, when it returns a mapping (a Hugging Face ModelOutput), every tensor in
   it: a model called as `model(input_ids=..., labels=...)` that computes its own loss has no
   other case (see `preflight/keywords.py`).
+- the DataLoader whose batch that call took as its input (`DataLoader.__iter__` and its
+  iterator's `__next__` are wrapped until the first step): the data checks then read the
+  loader's dataset as diagnose() reads its train_data, not the first batch alone.
 - every torch function called after it in grad mode (a `TorchFunctionMode`): the loss
   functions (`F.cross_entropy`, `F.mse_loss`, ...), the loss modules (whose forward is
   attributed to the module, so its `weight` and `label_smoothing` are kept) and the plain
@@ -33,6 +36,7 @@ objects are never run or changed here.
 from __future__ import annotations
 
 import inspect
+import weakref
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -41,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
+from torch.utils.data import DataLoader
+from torch.utils.data.dataloader import _BaseDataLoaderIter
 
 # functional losses and the module that takes the same keyword arguments
 LOSS_MODULES = {F.cross_entropy: nn.CrossEntropyLoss, F.nll_loss: nn.NLLLoss, F.mse_loss: nn.MSELoss,
@@ -86,6 +92,7 @@ class Captured:
     notes: list[str] = field(default_factory=list)
     keywords: dict = field(default_factory=dict)  # the first call's keyword inputs (tensors and numbers)
     result: dict | None = None             # the first call's output when a mapping: its tensors (loss, logits)
+    data: DataLoader | None = None         # the loader whose batch was (inputs[0], target) itself, when one was
 
     @property
     def x(self) -> torch.Tensor | None:
@@ -188,6 +195,10 @@ class CaseCapture(TorchFunctionMode):
         self._depth = 0
         self._calls: dict[int, tuple] = {}    # id(output) -> (module, inputs, output)
         self._first: tuple = ({}, None)        # the first call's (keywords, result): see Captured
+        self._sources: dict[int, DataLoader] = {}  # id(output) -> the loader its call's input came from
+        self._loaders = weakref.WeakKeyDictionary()  # DataLoader iterator -> its loader
+        self._fed: dict[int, tuple] = {}       # id(loader) -> (loader, the tensors of its latest batch)
+        self._wrapped: tuple = ()              # the two methods replaced, then our two replacements
         self._ops: list[_Op] = []
         self._made: dict[int, int] = {}        # id(tensor) -> index of the op that made it
         self._derived: set[int] = set()        # ids of tensors computed from a model output
@@ -199,6 +210,7 @@ class CaseCapture(TorchFunctionMode):
         self.done = False
         self.overflow = False
         self._examined: tuple | None = None
+        self.examined_case: Captured | None = None  # the first step's case, for probes after training
 
     # ---- on / off -----------------------------------------------------------------
     def install(self) -> None:
@@ -208,6 +220,7 @@ class CaseCapture(TorchFunctionMode):
         from torch.nn.modules import module as hooks
         self._handles = [hooks.register_module_forward_pre_hook(self._enter_module),
                          hooks.register_module_forward_hook(self._leave_module, with_kwargs=True, always_call=True)]
+        self._wrap_loaders()
         self.__enter__()
         self._entered = True
 
@@ -220,6 +233,8 @@ class CaseCapture(TorchFunctionMode):
         self._handles = []
         self._calls, self._ops, self._made, self._reached, self._derived = {}, [], {}, set(), set()
         self._first = ({}, None)
+        self._sources, self._fed = {}, {}
+        self._unwrap_loaders()
         self._leave_mode()
 
     def _leave_mode(self) -> None:
@@ -230,6 +245,51 @@ class CaseCapture(TorchFunctionMode):
         if stack and stack[-1] is self:  # else a mode entered after ours is active: ours stays, inert
             self.__exit__(None, None, None)
             self._entered = False
+
+    def _wrap_loaders(self) -> None:
+        """Note which DataLoader yields each batch (the tensors themselves, not copies), so the
+        model call that takes one as its input names the data it trains on."""
+        iterate, advance, capture = DataLoader.__iter__, _BaseDataLoaderIter.__next__, self
+
+        def __iter__(loader):
+            iterator = iterate(loader)
+            if not capture.done and isinstance(iterator, _BaseDataLoaderIter):
+                capture._loaders[iterator] = loader
+            return iterator
+
+        def __next__(iterator):
+            batch = advance(iterator)
+            loader = None if capture.done else capture._loaders.get(iterator)
+            if loader is not None:
+                capture._fed[id(loader)] = (loader, list(_tensors(batch)))
+            return batch
+        DataLoader.__iter__, _BaseDataLoaderIter.__next__ = __iter__, __next__
+        self._wrapped = (iterate, advance, __iter__, __next__)
+
+    def _unwrap_loaders(self) -> None:
+        if not self._wrapped:
+            return
+        iterate, advance, ours_iter, ours_next = self._wrapped
+        if DataLoader.__iter__ is ours_iter:  # else wrapped again since: ours stays, inert once done
+            DataLoader.__iter__ = iterate
+        if _BaseDataLoaderIter.__next__ is ours_next:
+            _BaseDataLoaderIter.__next__ = advance
+        self._wrapped = ()
+
+    def _source(self, args) -> DataLoader | None:
+        """The loader whose latest batch's first tensor is this call's first input."""
+        first = args[0] if args else None
+        for loader, tensors in self._fed.values():
+            if tensors and tensors[0] is first:
+                return loader
+        return None
+
+    def _data(self, out, target) -> DataLoader | None:
+        """The loader that yielded (input, target) as the first two tensors of one batch: its
+        dataset's rows are then the (input, target) pairs the data checks sample."""
+        loader = self._sources.get(id(out))
+        tensors = self._fed.get(id(loader), (None, []))[1] if loader is not None else []
+        return loader if len(tensors) >= 2 and tensors[1] is target else None
 
     # ---- module hooks ---------------------------------------------------------------
     def _wanted(self, module: nn.Module) -> bool:
@@ -280,6 +340,9 @@ class CaseCapture(TorchFunctionMode):
             self._first = ({k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()
                             if isinstance(v, (torch.Tensor, int, float))}, result)
         self._calls[id(out)] = (module, _detached(args), out)
+        source = self._source(args)
+        if source is not None:
+            self._sources[id(out)] = source
 
     # ---- the function mode ------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -334,12 +397,15 @@ class CaseCapture(TorchFunctionMode):
                 with examining():
                     findings, notes, meta = examine_captured(captured)
                 targets = None
-                if captured.target is not None and captured.x is not None and len(captured.target) >= MIN_TARGET_ROWS:
+                if captured.data is not None:  # examine_captured kept it: its rows are the training data
+                    targets = describe_targets(captured.data, captured.loss_fn)
+                elif captured.target is not None and captured.x is not None and len(captured.target) >= MIN_TARGET_ROWS:
                     targets = describe_targets((captured.x, captured.target), captured.loss_fn)
             except Exception as exc:  # our bug: the run is still watched, without the pre-flight
                 findings, notes, meta, targets = [], [f"The pre-flight checks failed at the first step "
                                                       f"({type(exc).__name__}: {exc})."], {}, None
             self._examined = (findings, notes, meta, targets)
+            self.examined_case = captured
         return self._examined
 
     def case(self) -> Captured | None:
@@ -424,7 +490,7 @@ class CaseCapture(TorchFunctionMode):
         if loss is not None and len(needed) == 1 and len(op.args) >= 2 \
                 and isinstance(op.args[0], _Leaf) and op.args[0].tensor is out and isinstance(op.args[1], _Leaf):
             target = op.args[1].tensor  # the loss applied to the output itself: the loss is the module
-            return Captured(module, inputs, out.detach(), target.detach(), loss)
+            return Captured(module, inputs, out.detach(), target.detach(), loss, data=self._data(out, target))
         if len(others) != 1:
             return Captured(module, inputs, out.detach(),
                             notes=[f"the target of the loss could not be told apart ({len(others)} candidates)"])
@@ -441,7 +507,8 @@ class CaseCapture(TorchFunctionMode):
                 for k, t in enumerate(o.result):
                     if isinstance(t, torch.Tensor):
                         refs.setdefault(id(t), (2 + n, k))
-        return Captured(module, inputs, out.detach(), target.detach(), Replay(steps, loss))
+        return Captured(module, inputs, out.detach(), target.detach(), Replay(steps, loss),
+                        data=self._data(out, target))
 
     def _failed_case(self) -> Captured | None:
         loss, output, target, error = self._failed
@@ -452,8 +519,8 @@ class CaseCapture(TorchFunctionMode):
             call = next(iter(self._calls.values()))
             loss, target = None, None
         module, inputs, out = call
-        return Captured(module, inputs, out.detach(),
-                        target.detach() if isinstance(target, torch.Tensor) else None, loss, error=error)
+        return Captured(module, inputs, out.detach(), target.detach() if isinstance(target, torch.Tensor) else None,
+                        loss, error=error, data=self._data(out, target))
 
 
 def compiled_wrapper(module: nn.Module) -> bool:

@@ -328,6 +328,7 @@ class ScriptWatcher:
         if ended and isinstance(doctor, DistributedDoctor) and doctor.ended_by is None:
             doctor.ended_by = ended  # rank 0 then waits only briefly: the others may be waiting for it
         doctor.detach()
+        self._probe_dropout()
         report = doctor.report()
         report.meta["optimizer"] = type(self.optimizer).__name__ if self.optimizer is not None else "none (hand-written update)"
         report.notes.extend(self.notes)
@@ -340,6 +341,15 @@ class ScriptWatcher:
             report.meta["ended"] = ended
             report.notes.append(f"the script stopped early ({ended}) after {doctor.step} steps")
         return report
+
+    def _probe_dropout(self) -> None:
+        """The dropout gap diagnose() measures after training (loss with dropout on vs off, for
+        reg.too_strong), on the first step's batch: a script hands over no data to take one from."""
+        case = self.capture.examined_case
+        if case is None or case.x is None or case.target is None or case.loss_fn is None or self.broken:
+            return
+        from ..diagnosis import dropout_probe
+        self.doctor.extra.update(dropout_probe(case.model, [(case.x, case.target)], case.loss_fn))
 
     def _report_without_training(self, ended: str | None, error: BaseException | None, path: str | None) -> Report:
         """No optimizer step or backward was seen: a crash at the first step (the case it left

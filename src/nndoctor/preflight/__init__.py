@@ -52,6 +52,7 @@ MAX_VALUES = 4_000_000  # ... unless the rows are large (images): then as many r
 TRACE_ROWS = 64   # rows traced through the model: enough for per-unit spread and a loss estimate
 LARGE_MODEL = 2_000_000  # parameters: above this, a watcher skips the learning probes (each costs seconds there)
 HUGE_MODEL = 100_000_000  # ... and above this the whole examination: its copy would double the model's memory
+LOADER_SECONDS = 1.0  # a watcher samples the loader's dataset for the data checks only if that is this quick
 
 
 def checkup(model, train_data, loss_fn=None, val_data=None, batch_size=None) -> Report:
@@ -62,10 +63,11 @@ def checkup(model, train_data, loss_fn=None, val_data=None, batch_size=None) -> 
 
 def examine_captured(captured):
     """(findings, notes, meta) of the checkup on the first training step a watcher captured
-    (`collect.case.Captured`): the same checks as `checkup()`, on its batch and its loss. The
-    learning probes are skipped on large models (a note says so), so that the first step of a
-    watched run is not held up for seconds. A model called with keyword inputs and no loss
-    outside it (Hugging Face style) gets the checks its call allows (`keywords`)."""
+    (`collect.case.Captured`): the same checks as `checkup()`, on its loss and on the dataset
+    of the DataLoader the batch came from (`loader_rows`), else on the batch. The learning
+    probes are skipped on large models (a note says so), so that the first step of a watched
+    run is not held up for seconds. A model called with keyword inputs and no loss outside it
+    (Hugging Face style) gets the checks its call allows (`keywords`)."""
     x, y = captured.x, captured.target
     if (x is None or y is None) and captured.error is None \
             and any(isinstance(v, torch.Tensor) for v in captured.keywords.values()):
@@ -80,7 +82,12 @@ def examine_captured(captured):
         return [], [f"The pre-flight checks did not run at the first step: the model has {size:,} parameters and "
                     "its copy would double their memory; run nndoctor.checkup() on a smaller configuration."], {}
     loss_fn, summed = per_row_mean(captured.loss_fn)
-    findings, notes, meta = run_checks(captured.model, (x, y), loss_fn, probes=size <= LARGE_MODEL)
+    captured.data, why = loader_rows(captured.data, x, y)
+    data = captured.data if captured.data is not None else (x, y)
+    findings, notes, meta = run_checks(captured.model, data, loss_fn, probes=size <= LARGE_MODEL,
+                                       batch_size=getattr(captured.data, "batch_size", None))
+    if why:
+        notes.append(f"The data checks read the first batch only: {why}.")
     if summed:
         notes.append(f"The script's {type(loss_fn).__name__} sums over elements: the first-step checks judged "
                      "its mean, whose level at init has a known reference (a sum's grows with the batch and the output size).")
@@ -89,6 +96,31 @@ def examine_captured(captured):
                      f"parameters (more than {LARGE_MODEL:,}); run nndoctor.checkup() for them.")
     meta["checkup"]["at"] = "first training step"
     return findings, notes + captured.notes, meta
+
+
+def loader_rows(loader, x: torch.Tensor, y: torch.Tensor) -> tuple:
+    """(the loader, None) when its dataset's rows are the (input, target) rows the first batch
+    was collated from and reading the checks' sample of them is quick; else (None, why not).
+    The data checks then see what diagnose() sees of its train_data (every class, the order,
+    the NaN rows the first batch missed); a custom collate_fn or an iterable dataset would
+    make the rows something else than the batch, or read the user's stream."""
+    if loader is None:
+        return None, None
+    if isinstance(loader.dataset, torch.utils.data.IterableDataset):
+        return None, "the DataLoader reads an iterable dataset"
+    if loader.collate_fn is not torch.utils.data.default_collate:
+        return None, "the DataLoader collates its rows with its own collate_fn"
+    started = time.perf_counter()
+    try:
+        first = sample(loader, 8)
+    except Exception as exc:
+        return None, f"its dataset's rows could not be read ({type(exc).__name__})"
+    if first is None or any(a.shape[1:] != b.shape[1:] or a.dtype != b.dtype for a, b in zip(first, (x, y))):
+        return None, "its dataset's rows are not the batch's (input, target) rows"
+    rows = min(len(loader.dataset), MAX_ROWS)
+    if (time.perf_counter() - started) / len(first[0]) * rows > LOADER_SECONDS:
+        return None, f"reading {rows} rows of its dataset would take over {LOADER_SECONDS:g} s"
+    return loader, None
 
 
 def per_row_mean(loss_fn):
