@@ -437,6 +437,28 @@ def test_a_compiled_script_under_nndoctor_watch_compiles_as_often_as_the_plain_r
     assert "lr.too_high" in codes(eager) and codes(compiled)[0] == codes(eager)[0]
 
 
+def test_our_global_hooks_make_no_warning_of_a_compiled_model_under_warnings_as_errors(tmp_path):
+    """torch warns at each call of a compiled model while a global module hook exists: under
+    `-W error` our hooks would stop the script at its first step."""
+    import torch._dynamo
+    from torch.nn.modules import module as globals_
+    path = tmp_path / "train.py"
+    path.write_text(COMPILED_SCRIPT)
+    torch._dynamo.reset()
+    filters = list(warnings.filters)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        assert run(str(path), ["wrapper", "0.1", str(tmp_path / "r.json")], out=tmp_path / "report") == 0
+        model = torch.compile(nn.Linear(2, 2))
+        doctor = nndoctor.watch(model, torch.optim.SGD(model.parameters(), 0.1))  # the API's capture hooks
+        with doctor:
+            model(torch.randn(4, 2)).sum().backward()
+    assert "run.failed" not in [f.code for f in doctor.report().findings]
+    report = nndoctor.Report.from_json((tmp_path / "report" / "report.json").read_text())
+    assert not [f.code for f in report.findings if f.is_problem]
+    assert not globals_._has_any_global_hook() and warnings.filters == filters  # all ours removed
+
+
 def test_a_model_fed_token_ids_is_watched_and_its_nan_found():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Embedding(20, 8), Log(), nn.Flatten(), nn.Linear(32, 3))

@@ -36,6 +36,7 @@ objects are never run or changed here.
 from __future__ import annotations
 
 import inspect
+import warnings
 import weakref
 from collections.abc import Mapping
 from contextlib import contextmanager
@@ -217,9 +218,7 @@ class CaseCapture(TorchFunctionMode):
         if self.model is not None and any(getattr(m, "_compiled_call_impl", None) for m in self.model.modules()):
             self._skip_compiled()  # model.compile(): its first call would be traced with our hooks in it
             return
-        from torch.nn.modules import module as hooks
-        self._handles = [hooks.register_module_forward_pre_hook(self._enter_module),
-                         hooks.register_module_forward_hook(self._leave_module, with_kwargs=True, always_call=True)]
+        self._handles = global_module_hooks(self._enter_module, self._leave_module, with_kwargs=True)
         self._wrap_loaders()
         self.__enter__()
         self._entered = True
@@ -521,6 +520,42 @@ class CaseCapture(TorchFunctionMode):
         module, inputs, out = call
         return Captured(module, inputs, out.detach(), target.detach() if isinstance(target, torch.Tensor) else None,
                         loss, error=error, data=self._data(out, target))
+
+
+class _HiddenWarning:
+    """A warnings filter of ours, removable like a hook handle."""
+
+    def __init__(self, message: str):
+        warnings.filterwarnings("ignore", message=message, category=UserWarning)
+        self.entry = warnings.filters[0]
+
+    def remove(self) -> None:
+        if self.entry in warnings.filters:
+            warnings.filters.remove(self.entry)
+            warnings._filters_mutated()  # the registries' cache of filter decisions is stale
+
+
+def global_module_hooks(pre, post, with_kwargs: bool = False) -> list:
+    """Handles of a global forward pre-hook and an always-called forward hook. While any global
+    hook exists torch warns at each call of a `torch.compile(model)` wrapper; that warning is
+    ours (under `-W error` it would stop the user's script), so it is hidden until the handles
+    are removed."""
+    from torch.nn.modules import module as hooks
+    post_handle = hooks.register_module_forward_hook(post, with_kwargs=with_kwargs, always_call=True)
+    return [hooks.register_module_forward_pre_hook(pre), post_handle, _KwargsFlag(post_handle.id),
+            _HiddenWarning(r"Using `torch\.compile\(module\)` when there are global hooks")]
+
+
+class _KwargsFlag:
+    """Removes a global forward hook's with_kwargs flag, which the hook's own handle leaves
+    behind (torch 2.13): torch would go on counting a global hook, and warning about it."""
+
+    def __init__(self, key: int):
+        self.key = key
+
+    def remove(self) -> None:
+        from torch.nn.modules import module as hooks
+        hooks._global_forward_hooks_with_kwargs.pop(self.key, None)
 
 
 def compiled_wrapper(module: nn.Module) -> bool:

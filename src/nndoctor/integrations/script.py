@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from torch.amp import GradScaler
 
-from ..collect.case import CaseCapture, compiled_wrapper, is_examining
+from ..collect.case import CaseCapture, compiled_wrapper, global_module_hooks, is_examining
 from ..collect.nonfinite import REPLAYABLE, rng_state
 from ..findings import Finding, Report
 from ..live import DoomedRun, Live, check_fail_on, fails
@@ -78,10 +78,8 @@ class ScriptWatcher:
 
     # ---- install / remove ------------------------------------------------------------
     def install(self) -> None:
-        from torch.nn.modules import module as module_hooks
         from torch.optim import optimizer as optimizer_hooks
-        self._module_hooks = [module_hooks.register_module_forward_pre_hook(self._enter),
-                              module_hooks.register_module_forward_hook(self._leave, always_call=True)]
+        self._module_hooks = global_module_hooks(self._enter, self._leave)
         self._optimizer_hooks = [optimizer_hooks.register_optimizer_step_pre_hook(self._before_optimizer_step),
                                  optimizer_hooks.register_optimizer_step_post_hook(self._after_optimizer_step)]
         self._backward = torch.autograd.backward
