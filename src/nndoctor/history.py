@@ -43,8 +43,19 @@ class Series:
             self._summarize_oldest()
 
     def extend(self, steps, values) -> None:
-        for s, v in zip(steps, values):
-            self.add(s, v)
+        """`add` for each pair, in bulk (a flush brings 50 points for each of hundreds of series)."""
+        steps = np.asarray(steps, dtype=np.int64).tolist()
+        values = np.asarray(values, dtype=np.float64).tolist()
+        self.count += len(steps)
+        room = HEAD - len(self.head_steps)
+        if room > 0:
+            self.head_steps += steps[:room]
+            self.head_values += values[:room]
+            steps, values = steps[room:], values[room:]
+        self.steps += steps
+        self.values += values
+        while len(self.steps) > RECENT + self._chunk:
+            self._summarize_oldest()
 
     def _summarize_oldest(self) -> None:
         n = self._chunk
