@@ -78,10 +78,9 @@ def model_input(args, kwargs) -> torch.Tensor | None:
     return x
 
 
-def rng_state(args, kwargs) -> tuple:
-    """The random state a forward pass starts from (the CPU's, and the input's CUDA device's),
-    so that the replay draws the same dropout masks."""
-    x = model_input(args, kwargs)
+def rng_state(x: torch.Tensor | None) -> tuple:
+    """The random state a forward pass on input `x` starts from (the CPU's, and the input's
+    CUDA device's), so that the replay draws the same dropout masks."""
     on_cuda = x is not None and x.device.type == "cuda"
     return (torch.get_rng_state(), x.device if on_cuda else None,
             torch.cuda.get_rng_state(x.device) if on_cuda else None)
@@ -132,19 +131,19 @@ class NonFiniteSentinel:
     def on_input(self, module, args, kwargs) -> None:
         if self._replaying or not torch.is_grad_enabled():
             return  # validation forwards and our own replay are not training
-        self._input(args, kwargs, rng_state(args, kwargs) if self.origin is None and self._found is None else None)
+        x = model_input(args, kwargs)
+        self._input(args, kwargs, x, rng_state(x) if self.origin is None and self._found is None else None)
 
-    def _input(self, args, kwargs, rng) -> None:
+    def _input(self, args, kwargs, x, rng) -> None:
         self.forwards += 1
         self._forwards.append(_Forward(args, kwargs, rng))
-        x = model_input(args, kwargs)
         if x is not None:
             self._note("input", x)
 
     def adopt(self, args, rng, output) -> None:
         """A forward pass of this step that ran before watching began (`nndoctor watch` finds
         the model at its first backward): checked and kept for the replay like a hooked one."""
-        self._input(args, {}, rng)
+        self._input(args, {}, model_input(args, {}), rng)
         out = _floating(output)
         if out is not None:
             self._note("output", out)

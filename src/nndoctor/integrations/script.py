@@ -40,7 +40,7 @@ from torch import nn
 from torch.amp import GradScaler
 
 from ..collect.case import CaseCapture, compiled_wrapper, global_module_hooks, is_examining
-from ..collect.nonfinite import REPLAYABLE, rng_state
+from ..collect.nonfinite import REPLAYABLE, model_input, rng_state
 from ..findings import Finding, Report
 from ..live import DoomedRun, Live, check_fail_on, fails
 from ..preflight.crash import explain_crash, script_frame
@@ -152,7 +152,7 @@ class ScriptWatcher:
             self._depth = 0               # before Dynamo traces the first call with them in it
             self._remove_module_hooks()
         elif self.doctor is None:
-            self._early.append([module, args, rng_state(args, {}), None])
+            self._early.append([module, args, rng_state(model_input(args, {})), None])
 
     def _leave(self, module, args, output) -> None:
         if is_examining():
