@@ -11,6 +11,7 @@ from torch import nn
 import nndoctor
 from nndoctor.cli import main
 from nndoctor.demo import agreement
+from test_trackers import train
 from nndoctor.findings import Finding, Report
 
 
@@ -207,21 +208,9 @@ def test_demo_says_partly_when_only_some_expected_codes_came():
 
 # ---- compare: a healthy run and its twin with the learning rate 400x higher -----------------
 def saved_run(tmp_path, name: str, lr: float, seed: int = 0) -> str:
-    torch.manual_seed(seed)
-    X = torch.randn(512, 10)
-    y = (X[:, :3].sum(1) > 0).long()
-    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2))
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    with nndoctor.watch(model, opt) as doctor:
-        for _ in range(150):
-            idx = torch.randint(0, 512, (64,))
-            loss = nn.functional.cross_entropy(model(X[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            doctor.log(loss=loss)
+    report = train(lr, steps=150, seed=seed)
     path = tmp_path / name
-    doctor.report().save_json(path)
+    report.save_json(path)
     return str(path)
 
 

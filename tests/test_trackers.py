@@ -13,8 +13,9 @@ import nndoctor
 from nndoctor.findings import Report
 
 
-def train(lr: float, steps: int = 100, log=None, **trackers):
-    torch.manual_seed(0)
+def train(lr: float, steps: int = 100, log=None, seed: int = 0, **trackers):
+    """A small classifier's own loop under watch(); `log(step, loss)` is the user's logging."""
+    torch.manual_seed(seed)
     X = torch.randn(512, 10)
     y = (X[:, :3].sum(1) > 0).long()
     model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2))
