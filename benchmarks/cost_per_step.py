@@ -1,73 +1,103 @@
 """What watching adds to a step, in microseconds, across model sizes.
 
 `overhead.py` gives ratios; on a small model a ratio says little about where the cost is, and
-on a shared virtual machine the step time itself drifts by 2x within a minute. Here each net
-runs plain, watched and plain again, 9 rounds interleaved, and the best round of each is
-compared (CPU time, 1 thread): the difference is what watching adds per step (its sampled
-steps and flushes averaged in), the second plain run the noise floor. Watching starts after
-the first step's examination (`examine=False`): that is paid once per run (see overhead.py).
+on a shared virtual machine the step time itself drifts by 2x within a minute. Here three
+copies of each net train side by side in one process: one watched for the whole run (its
+sampled steps, flushes and judging included, as in a real run), two plain. They take turns
+in short chunks of steps (plain, watched, plain', ...), and each round compares the watched
+chunk with the mean of the plain chunks on either side of it (CPU time, 1 thread): the mean
+of those paired differences (± its standard error) is what watching adds per step, and the
+same comparison of the two plain copies is the noise floor. A chunk is a multiple of the
+sampling interval (20 steps), so each holds its share of sampled steps; the flushes (every 50)
+and the judging are spread over the rounds, which the mean (not a median) counts in full.
+Watching starts after the first step's examination (`examine=False`): that is paid once per
+run (see overhead.py).
 
-    python benchmarks/cost_per_step.py
+    python benchmarks/cost_per_step.py [--rounds 21] [--nets tiny,res43,res203,res803,mlp,cnn]
 """
 from __future__ import annotations
 
+import argparse
+import statistics
 import time
 
 import torch
 from torch import nn
 
 import nndoctor
-from overhead import mlp, residual_mlp
+from overhead import cnn, mlp, residual_mlp
 
 
 def tiny():
     return nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
 
 
-# name -> (build, input shape, batch, classes, steps per round)
-NETS = {"tiny 3-layer": (tiny, (8,), 16, 2, 1000),
-        "residual mlp, 43 modules": (residual_mlp(10), (784,), 32, 10, 300),
-        "residual mlp, 203 modules": (residual_mlp(50), (784,), 32, 10, 150),
-        "residual mlp, 803 modules": (residual_mlp(200), (784,), 32, 10, 40),
-        "mlp 784-512-512-10": (mlp, (784,), 128, 10, 100)}
-ROUNDS = 9
+# key -> (name, build, input shape, batch, classes, steps per chunk)
+NETS = {"tiny": ("tiny 3-layer", tiny, (8,), 16, 2, 200),
+        "res43": ("residual mlp, 43 modules", residual_mlp(10), (784,), 32, 10, 100),
+        "res203": ("residual mlp, 203 modules", residual_mlp(50), (784,), 32, 10, 40),
+        "res803": ("residual mlp, 803 modules", residual_mlp(200), (784,), 32, 10, 20),
+        "mlp": ("mlp 784-512-512-10", mlp, (784,), 128, 10, 40),
+        "cnn": ("small cnn", cnn, (1, 28, 28), 128, 10, 20)}
+
+
+class Copy:
+    """One copy of the net with its own optimizer, trained a chunk of steps at a time."""
+
+    def __init__(self, build, x, y):
+        torch.manual_seed(0)
+        self.model = build()
+        self.opt = torch.optim.SGD(self.model.parameters(), 0.01, momentum=0.9)
+        self.x, self.y, self.loss_fn = x, y, nn.CrossEntropyLoss()
+        self.doctor = None
+
+    def chunk(self, steps: int) -> float:
+        """CPU seconds per step over `steps` steps."""
+        model, opt, x, y, loss_fn, doctor = self.model, self.opt, self.x, self.y, self.loss_fn, self.doctor
+        start = time.process_time()
+        for _ in range(steps):
+            loss = loss_fn(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if doctor is not None:
+                doctor.log(loss=loss)
+        return (time.process_time() - start) / steps
+
+
+def measure(build, shape, n, classes, steps, rounds):
+    torch.manual_seed(0)
+    x, y = torch.randn(n, *shape), torch.randint(0, classes, (n,))
+    plain, watched, again = Copy(build, x, y), Copy(build, x, y), Copy(build, x, y)
+    watched.doctor = nndoctor.watch(watched.model, watched.opt, examine=False, live=False)
+    watched.doctor.attach()
+    for copy in (plain, watched, again):
+        copy.chunk(steps)  # warm-up (the watcher's first flush and judging are in the rounds)
+    added, floor, base = [], [], []
+    for _ in range(rounds):
+        p1, w, p2, a = plain.chunk(steps), watched.chunk(steps), plain.chunk(steps), again.chunk(steps)
+        p3 = plain.chunk(steps)
+        added.append(w - (p1 + p2) / 2)
+        floor.append(a - (p2 + p3) / 2)
+        base.append((p1 + p2 + p3) / 3)
+    watched.doctor.detach()
+    error = statistics.stdev(added) / len(added) ** 0.5
+    return statistics.mean(base), statistics.mean(added), error, statistics.mean(floor)
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=21)
+    parser.add_argument("--nets", default=",".join(NETS))
+    args = parser.parse_args()
     torch.set_num_threads(1)
-    print(f"torch {torch.__version__}, 1 thread, CPU time, best of {ROUNDS} interleaved rounds")
-    for name, (build, shape, n, classes, steps) in NETS.items():
-        torch.manual_seed(0)
-        model = build()
-        opt = torch.optim.SGD(model.parameters(), 0.01, momentum=0.9)
-        x, y = torch.randn(n, *shape), torch.randint(0, classes, (n,))
-        loss_fn = nn.CrossEntropyLoss()
-
-        def loop(k, doctor=None):
-            for _ in range(k):
-                loss = loss_fn(model(x), y)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                if doctor is not None:
-                    doctor.log(loss=loss)
-
-        loop(5)
-        plain, watched, again = [], [], []
-        for _ in range(ROUNDS):
-            start = time.process_time()
-            loop(steps)
-            plain.append((time.process_time() - start) / steps)
-            with nndoctor.watch(model, opt, examine=False, live=False) as doctor:
-                start = time.process_time()
-                loop(steps, doctor)
-                watched.append((time.process_time() - start) / steps)
-            start = time.process_time()
-            loop(steps)
-            again.append((time.process_time() - start) / steps)
-        p, w = min(plain), min(watched)
-        print(f"{name:26s} plain {p * 1e3:7.3f} ms  watched {w * 1e3:7.3f} ms  +{(w - p) * 1e6:5.0f} us/step  "
-              f"{w / p:.3f}x  (noise floor {min(again) / p:.3f}x)", flush=True)
+    print(f"torch {torch.__version__}, 1 thread, CPU time, mean of {args.rounds} paired rounds")
+    for key in args.nets.split(","):
+        name, build, shape, n, classes, steps = NETS[key]
+        base, added, error, floor = measure(build, shape, n, classes, steps, args.rounds)
+        print(f"{name:26s} plain {base * 1e3:7.3f} ms  +{added * 1e6:6.0f} ± {error * 1e6:4.0f} us/step  "
+              f"{1 + added / base:.3f}x  "
+              f"(noise floor {floor * 1e6:+5.0f} us, {1 + floor / base:.3f}x)", flush=True)
 
 
 if __name__ == "__main__":
