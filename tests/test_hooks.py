@@ -306,6 +306,75 @@ def test_unsampled_steps_cost_the_same_python_calls_at_every_model_size(monkeypa
     assert per_step[2] == per_step[40] <= 5
 
 
+def test_unsampled_steps_cost_the_same_few_tensor_operations_at_every_model_and_batch_size():
+    """The every-step checks: a handful of operations on a few gradients, not one per module,
+    and none on the batch (the input and output are only checked when a gradient is not finite)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    def ops_of_one_step(blocks, rows, watched):
+        torch.manual_seed(0)
+        model = residual_mlp(blocks)
+        opt = torch.optim.SGD(model.parameters(), 0.01)
+        x, y = torch.randn(rows, 8), torch.randint(0, 3, (rows,))
+        with nndoctor.watch(model, opt, sample_every=10, flush_every=100, examine=False, live=False) as doctor:
+            if not watched:
+                doctor.detach()
+            for step in range(10):
+                Count.ops = 0
+                with Count():  # the last step: unsampled, no flush
+                    loss = nn.functional.cross_entropy(model(x), y)
+                    opt.zero_grad(); loss.backward(); opt.step()
+                    doctor.log(loss=loss)
+        return Count.ops
+
+    added = {(blocks, rows): ops_of_one_step(blocks, rows, True) - ops_of_one_step(blocks, rows, False)
+             for blocks in (2, 40) for rows in (32, 512)}
+    assert len(set(added.values())) == 1 and 0 < added[2, 32] <= 12, added
+
+
+def test_nan_input_of_an_early_micro_batch_under_long_accumulation_is_the_data():
+    """More micro-batches than the sentinel keeps for a replay: the one pushed out is checked
+    as it goes, so the bad input is still named, not a module."""
+    from nndoctor.collect.nonfinite import REPLAYABLE
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), 0.01)
+    batches = classification_batches(n=4 * (REPLAYABLE + 2))
+    batches[REPLAYABLE + 2][0][3, 2] = float("nan")  # step 1's first micro-batch
+    with nndoctor.watch(model, opt, flush_every=5) as doctor:
+        for i, (x, y) in enumerate(batches):
+            loss = nn.functional.cross_entropy(model(x), y) / (REPLAYABLE + 2)
+            loss.backward()
+            if (i + 1) % (REPLAYABLE + 2) == 0:
+                opt.step(); opt.zero_grad()
+                doctor.log(loss=loss)
+    origin = doctor.report().get("loss.nonfinite").evidence["origin"]
+    assert origin["module"] == "<input>" and origin["step"] == 1
+
+
+def test_checks_an_accelerator_has_not_published_are_placed_at_the_flush(monkeypatch):
+    """On a device whose checks are not read at once, every stage is checked on the device
+    and the flush finds the first bad step and its stage (no replay: its step has passed)."""
+    from nndoctor.collect import nonfinite
+    monkeypatch.setattr(nonfinite, "published", lambda value, event=None: None)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16, bias=False), Magnitude(), nn.Linear(17, 3))
+
+    def zero_row(step, x, y):
+        if step == 3:
+            x[5] = 0.0  # no bias: the first layer's output row is zero, its norm's gradient 0/0
+        return x, y
+    origin, _ = nonfinite_run(model, classification_batches(bad=zero_row))
+    assert origin["step"] == 3 and origin["stage"] == "backward" and origin["module"] is None
+
+
 def test_sentinel_memory_is_bounded_without_an_optimizer_and_after_a_new_one():
     from nndoctor.collect.nonfinite import CHECKS_HELD, REPLAYABLE
     X, y = make_data()

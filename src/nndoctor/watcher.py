@@ -34,7 +34,7 @@ from .collect import hooks
 from .collect.activations import ActivationCollector
 from .collect.buffer import StepBuffer
 from .collect.case import CaseCapture, compiled_wrapper, is_examining
-from .collect.forwards import ForwardCollector
+from .collect.forwards import ForwardCollector, trained_outputs
 from .collect.gradients import GradientCollector
 from .collect.histograms import HistogramCollector
 from .collect.loop import LoopCollector
@@ -235,7 +235,7 @@ class Doctor:
             h.append(self.optimizer.register_step_post_hook(self._after_step_hook))
         # every step: three checks on the model as a whole, none per module (collect/nonfinite.py)
         h += self._forward_hook(self.called, [self._arm_sampling, self.sentinel.on_input], pre=True)
-        h += self._forward_hook(self.called, [self.sentinel.on_output, self.forwards.on_forward])
+        h += self._forward_hook(self.called, [self._on_model_output])
         self._sample_due = self.step % self.sample_every == 0
         if self._unhookable:
             kinds = sorted({type(m).__name__ for m in self._unhookable})
@@ -256,6 +256,12 @@ class Doctor:
         except Exception:
             self._unhookable.add(module)
             return []
+
+    def _on_model_output(self, module, args, output) -> None:
+        """The model's forward hook: one tensor hook on each trained output serves both the
+        forward collector (a backward reached it) and the sentinel (its gradient)."""
+        outputs = trained_outputs(output)
+        self.forwards.on_forward(module, args, outputs, self.sentinel.on_output(outputs))
 
     def _arm_sampling(self, module, args, kwargs) -> None:
         """At the first forward of a sampled step, attach the sampling hooks. Only an eager
@@ -321,7 +327,10 @@ class Doctor:
                 self._step_without_optimizer()
             elif name != "loss":
                 index = self.step  # validation and extras are placed on the training clock
-            tensor = value.detach().reshape(()) if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+            if isinstance(value, torch.Tensor):
+                tensor = value.detach() if value.dim() == 0 else value.detach().reshape(())
+            else:
+                tensor = torch.tensor(float(value))
             self._scalars.append(index, (name,), tensor)
 
     def diverged(self, last: int = 10) -> bool:

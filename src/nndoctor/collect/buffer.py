@@ -19,7 +19,7 @@ class StepBuffer:
     def append(self, step: int, key: tuple, row: torch.Tensor | list[torch.Tensor]) -> None:
         """`row` is a tensor, or a list of 0-d tensors on one device, stacked only at flush
         (one stack per flush instead of one per step)."""
-        self._rows.append((step, key, row.detach() if isinstance(row, torch.Tensor) else row))
+        self._rows.append((step, key, row.detach() if isinstance(row, torch.Tensor) and row.requires_grad else row))
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -31,12 +31,14 @@ class StepBuffer:
             steps, rows = groups.setdefault(key, ([], []))
             steps.append(step)
             if isinstance(row, torch.Tensor):
-                rows.append(row.reshape(-1).float())
+                rows.append(row)
             else:
                 rows.extend(row)
         self._rows = []
         out = []
         for key, (steps, rows) in groups.items():
+            if len({r.shape for r in rows}) > 1:  # rows of one layout almost always share a shape
+                rows = [r.reshape(-1) for r in rows]
             values = torch.stack(rows).float().reshape(len(steps), -1)
             values = values.cpu().numpy().astype(np.float64)  # one transfer per layout
             out.append((key, np.asarray(steps), values))

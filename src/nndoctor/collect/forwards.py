@@ -2,7 +2,8 @@
 
 One forward hook on the root model (never per module). Each call is noted on the host:
 grad mode, train mode, and, in grad mode, a tensor hook on the output that a backward
-reaching it sets. At the next optimizer step the forwards of the window since the last
+reaching it sets (the same hook hands the output's gradient to the non-finite sentinel:
+one hook per output, not one per collector). At the next optimizer step the forwards of the window since the last
 step that no backward reached are *evaluations* (validation, inference); the others are
 training forwards. A forward on the very batch the last training forward saw (a metric on
 the training batch, told by a weak reference to that input) is neither.
@@ -66,6 +67,13 @@ def _tensors(output, limit: int) -> list[torch.Tensor]:
     return found
 
 
+def trained_outputs(output) -> list[torch.Tensor]:
+    """The output tensors a backward can reach (among the first OUTPUTS_HOOKED), in grad mode."""
+    if not torch.is_grad_enabled():
+        return []
+    return [t for t in _tensors(output, OUTPUTS_HOOKED) if t.requires_grad]
+
+
 def _input(args) -> torch.Tensor | None:
     """The forward's first positional tensor argument."""
     for value in args:
@@ -101,17 +109,18 @@ class ForwardCollector:
         self.prints: dict[str, list[tuple[int, np.ndarray]]] = {"train": [], "eval": []}
 
     # ---- the hook ------------------------------------------------------------------------
-    def on_forward(self, module, args, output) -> None:
+    def on_forward(self, module, args, outputs: list[torch.Tensor], first_grad=None) -> None:
+        """A call of the model with its `trained_outputs`; `first_grad` also gets the first
+        one's gradient when the backward reaches it."""
         if module is not self.model:
             return  # a copy.deepcopy of the model (an EMA, a teacher) carries the hook along
         x = _input(args)
-        outputs = [t for t in _tensors(output, OUTPUTS_HOOKED) if t.requires_grad] if torch.is_grad_enabled() else []
         rerun = (x is not None and self._last_training_input is not None and self._last_training_input() is x)
         record = _Forward(bool(outputs), module.training, rerun and not outputs, self.step)
         if outputs:
             self._last_training_input = weakref.ref(x) if x is not None else None
-            for t in outputs:
-                t.register_hook(self._reached(record))
+            for i, t in enumerate(outputs):
+                t.register_hook(self._reached(record, first_grad if i == 0 else None))
             self._follow_graph(outputs[0])
         first = bool(outputs) and not self._grad_seen  # the window's first grad-mode forward: training, usually
         self._grad_seen |= bool(outputs)
@@ -129,9 +138,14 @@ class ForwardCollector:
             self._window = self._window[half:]
 
     @staticmethod
-    def _reached(record: _Forward):
-        def hook(grad):
-            record.backward = True
+    def _reached(record: _Forward, then=None):
+        if then is None:
+            def hook(grad):
+                record.backward = True
+        else:
+            def hook(grad):
+                record.backward = True
+                then(grad)
         return hook
 
     def _follow_graph(self, output: torch.Tensor) -> None:

@@ -1,12 +1,17 @@
 """Where NaN/Inf starts, at a cost per step that does not grow with the model.
 
-Every training step the sentinel checks four things on the device, with no Python call per
-module: the model's input (a forward pre-hook on the model), its output (a forward hook),
-the gradient the loss sends back into the output (a tensor hook on the output), and the
-gradients of a few parameters spread over the model (at the optimizer step). Each check is
-the largest |value| (`vector_norm(ord=inf)`): non-finite exactly when a NaN/Inf is there,
-never an overflow of finite values (a float32 sum of large ones would be), and every value
-of a tensor is seen (no strided sample that one bad row could slip through).
+Every training step the sentinel holds four things, with no Python call per module: the
+model's input (a forward pre-hook on the model), its output (a forward hook), the gradient
+the loss sends back into the output (a tensor hook on the output, shared with
+collect/forwards.py), and, at the optimizer step, the gradients of a few parameters spread
+over the model. Each check is the min and max of a tensor (`aminmax`): non-finite exactly
+when a NaN/Inf is there, never an overflow of finite values (a float32 sum of large ones
+would be), and every value of a tensor is seen (no strided sample that one bad row could
+slip through). A NaN/Inf anywhere in a step reaches those gradients, so on the CPU, where a
+check is read at once, only they are checked each step, and the input, output and output
+gradient the step held are checked when a gradient is not finite (a few operations per
+step whatever the size of the batch or the model); on an accelerator, whose checks are read
+only once the device has them, all four are checked every step on the device.
 
 The checks tell the stage where the first non-finite value appeared: the data (`<input>`),
 the model's forward, the loss (the output was finite but its gradient was not: NaN
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from collections import deque
 
 import numpy as np
@@ -33,6 +39,7 @@ from torch.nn.modules import module as module_globals
 
 from .activations import first_tensor
 from .buffer import StepBuffer
+from .forwards import trained_outputs
 from .gradients import local_tensor
 from .hooks import HOOK_DICTS
 
@@ -47,22 +54,28 @@ GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_b
                 "_global_forward_hooks_with_kwargs")
 
 
-def extremes(t: torch.Tensor) -> list[torch.Tensor]:
-    """[min, max] as 0-d tensors: both finite exactly when `t` holds no NaN/Inf (a NaN
+def extremes(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(min, max) as 0-d tensors: both finite exactly when `t` holds no NaN/Inf (a NaN
     propagates into both), and never an overflow of finite values. On the CPU `aminmax` is
     10-20x cheaper than `isfinite().all()` or an inf-norm."""
     if t.numel() == 0:
-        return []
-    return list(torch.aminmax(t.detach()))  # (stacked at the step's end, in float32 or wider)
+        return ()
+    return torch.aminmax(t.detach() if t.requires_grad else t)  # (stacked at the step's end, in float32 or wider)
 
 
-def published(flag: torch.Tensor | None, event=None) -> bool | None:
+def total(row: torch.Tensor) -> torch.Tensor:
+    """One number that is finite exactly when every check in `row` is: their sum in float64
+    (no sum of float32 extremes overflows it), one operation instead of isfinite + all."""
+    return row.sum(dtype=torch.float64)
+
+
+def published(value: torch.Tensor | None, event=None) -> float | None:
     """The value of a 0-d check if the host already has it, else None; never waits. On the
     CPU a tensor is host memory; an accelerator's check is a pinned copy read once its
     `event` has completed. The only place the sentinel reads a value between flushes."""
-    if flag is None or (event is not None and not event.query()):
+    if value is None or (event is not None and not event.query()):
         return None
-    return bool(flag)
+    return float(value)
 
 
 def _floating(value) -> torch.Tensor | None:
@@ -87,12 +100,13 @@ def rng_state(x: torch.Tensor | None) -> tuple:
 
 
 class _Forward:
-    """One training forward pass of the model, kept until the step ends for a replay."""
-    __slots__ = ("args", "kwargs", "rng", "checks", "output_grad")
+    """One training forward pass of the model, kept until the step ends: for its checks and
+    a replay."""
+    __slots__ = ("args", "kwargs", "rng", "input", "output", "output_grad")
 
-    def __init__(self, args, kwargs, rng):
-        self.args, self.kwargs, self.rng = args, kwargs, rng
-        self.checks: list[torch.Tensor] = []
+    def __init__(self, args, kwargs, rng, x):
+        self.args, self.kwargs, self.rng, self.input = args, kwargs, rng, x
+        self.output: torch.Tensor | None = None       # detached: holding it keeps no graph alive
         self.output_grad: torch.Tensor | None = None
 
 
@@ -127,7 +141,7 @@ class NonFiniteSentinel:
         hooked = [p for _, p in params if getattr(p, "_backward_hooks", None) or getattr(p, "_post_accumulate_grad_hooks", None)]
         self.checked = list({id(p): p for p in [*smallest, *hooked]}.values())
 
-    # ---- every step: three hooks on the model, one call at the optimizer step ----------
+    # ---- every step: two hooks on the model, one on its output, one call at the step ------
     def on_input(self, module, args, kwargs) -> None:
         if self._replaying or not torch.is_grad_enabled():
             return  # validation forwards and our own replay are not training
@@ -136,32 +150,34 @@ class NonFiniteSentinel:
 
     def _input(self, args, kwargs, x, rng) -> None:
         self.forwards += 1
-        self._forwards.append(_Forward(args, kwargs, rng))
-        if x is not None:
-            self._note("input", x)
+        if len(self._forwards) == REPLAYABLE:  # more forwards than kept (accumulation): check the oldest now
+            self._check_forward(self._forwards[0])
+        self._forwards.append(_Forward(args, kwargs, rng, x))
 
     def adopt(self, args, rng, output) -> None:
         """A forward pass of this step that ran before watching began (`nndoctor watch` finds
         the model at its first backward): checked and kept for the replay like a hooked one."""
         self._input(args, {}, model_input(args, {}), rng)
-        out = _floating(output)
-        if out is not None:
-            self._note("output", out)
+        self.on_output(trained_outputs(output))
 
-    def on_output(self, module, args, output) -> None:
-        if self._replaying or not torch.is_grad_enabled() or not self._forwards:
-            return
-        out = _floating(output)
-        if out is None:
-            return
-        self._note("output", out)
+    def on_output(self, outputs: list[torch.Tensor]):
+        """The forward's trained outputs (collect/forwards.py chose them): the first is held;
+        returns the hook for its gradient (the forward collector registers it), or None."""
+        if self._replaying or not torch.is_grad_enabled() or not self._forwards or not outputs:
+            return None
         forward = self._forwards[-1]
-        if out.requires_grad:
-            out.register_hook(self.wrap([functools.partial(self._on_output_grad, forward)]))
+        forward.output = outputs[0].detach()
+        return self.wrap([functools.partial(self._on_output_grad, forward)])
 
-    def _on_output_grad(self, forward: _Forward, grad: torch.Tensor) -> None:
-        forward.output_grad = grad.detach()
-        self._note("output_grad", grad)
+    @staticmethod
+    def _on_output_grad(forward: _Forward, grad: torch.Tensor) -> None:
+        forward.output_grad = grad.detach() if grad.requires_grad else grad
+
+    def _check_forward(self, forward: _Forward) -> None:
+        for stage, tensor in (("input", forward.input), ("output", forward.output),
+                              ("output_grad", forward.output_grad)):
+            if tensor is not None:
+                self._note(stage, tensor)
 
     def _note(self, stage: str, tensor: torch.Tensor) -> None:
         if len(self._values) >= CHECKS_HELD:  # no step end in sight (no optimizer, none logged): stay bounded
@@ -170,32 +186,43 @@ class NonFiniteSentinel:
         self._values += values
         self._stages += [stage] * len(values)
 
+    def _row(self) -> torch.Tensor | None:
+        """This step's checks as one float32 vector on the device of the first."""
+        if not self._values:
+            return None
+        device = self._values[0].device
+        return torch.stack([v if v.device == device and v.dtype == torch.float32 else v.to(device, torch.float32)
+                            for v in self._values])
+
     def end_step(self, step: int) -> None:
         """At the optimizer step (the gradients are there, the update is not done yet)."""
         for p in self.checked:
             if p.grad is not None and not p.grad.is_sparse:
                 self._note("grads", local_tensor(p.grad))  # a DTensor (FSDP2): this rank's shard
-        if self._values:
-            device = self._values[0].device
-            row = torch.stack([v if v.device == device and v.dtype == torch.float32 else v.to(device, torch.float32)
-                               for v in self._values])
-            self.rows.append(step, tuple(self._stages), row)
-            if self.origin is None and self._found is None:
+        row = self._row()
+        value = published(total(row)) if row is not None and row.device.type == "cpu" else None  # host memory
+        if value is None or not math.isfinite(value):
+            for forward in self._forwards:  # a gradient is not finite, or none was read now: check the rest
+                self._check_forward(forward)
+            row = self._row()
+            if row is not None and self.origin is None and self._found is None:
                 self._poll(step, row, self._stages)
+        if row is not None:
+            self.rows.append(step, tuple(self._stages), row)
         self._stages, self._values = [], []
         self._forwards.clear()
 
     def _poll(self, step: int, row: torch.Tensor, stages: list[str]) -> None:
-        finite = row.isfinite().all()
-        event = None
-        if finite.device.type != "cpu":  # an accelerator: a pinned copy, read if it is there before the update
-            host = torch.empty((), dtype=torch.bool, pin_memory=True)
-            host.copy_(finite, non_blocking=True)
-            if finite.device.type == "cuda":
+        value, event = total(row), None
+        if value.device.type != "cpu":  # an accelerator: a pinned copy, read if it is there before the update
+            host = torch.empty((), dtype=value.dtype, pin_memory=True)
+            host.copy_(value, non_blocking=True)
+            if value.device.type == "cuda":
                 event = torch.cuda.Event()
                 event.record()
-            finite = host
-        if published(finite, event) is False:  # a check failed: now reading the row waits for nothing more
+            value = host
+        read = published(value, event)
+        if read is not None and not math.isfinite(read):  # a check failed: reading the row waits for nothing more
             input_bad = any(not ok for ok, s in zip(row.isfinite().tolist(), stages) if s == "input")
             if not input_bad:  # a bad input is named by its own check, the model's stages by a replay
                 self._found = self._replay(step)
@@ -258,14 +285,15 @@ class NonFiniteSentinel:
 
         with self._hands_off(forward, enter, record):
             output = self._replayed()(*forward.args, **(forward.kwargs or {}))
+            trained = trained_outputs(output)
             if first:  # the first module, in execution order, that made a non-finite value
                 module, own_code = first[0]
                 found = {"module": names[module], "stage": FORWARD,
                          "bad_parameters": [n for n, p in module.named_parameters(recurse=False)
                                             if not torch.isfinite(p.detach()).all()]}
                 return {**found, "own_code": True} if own_code else found
-            out = _floating(output)
-            if out is None or forward.output_grad is None or not out.requires_grad:
+            out = trained[0] if trained else None
+            if out is None or forward.output_grad is None:
                 return None
             wanted = list({id(t): t for t in [*outputs, *inputs] if t is not None and t.requires_grad}.values())
             if not wanted:
