@@ -205,10 +205,10 @@ class NonFiniteSentinel:
             for forward in self._forwards:  # a gradient is not finite, or none was read now: check the rest
                 self._check_forward(forward)
             row = self._row()
-            if row is not None and self.origin is None and self._found is None:
-                self._poll(step, row, self._stages)
-        if row is not None:
-            self.rows.append(step, tuple(self._stages), row)
+            if row is not None:  # kept for the flush; a step read finite at once needs no row
+                self.rows.append(step, tuple(self._stages), row)
+                if self.origin is None and self._found is None:
+                    self._poll(step, row, self._stages)
         self._stages, self._values = [], []
         self._forwards.clear()
 
