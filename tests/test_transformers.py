@@ -288,3 +288,61 @@ def test_the_capture_keeps_the_keyword_call_and_judges_only_the_models_plain_cro
     if model is SmoothedLM:
         assert any("not the plain cross-entropy" in n for n in notes)
 
+
+
+TRAINER_SCRIPT = """
+import json, sys
+import torch, transformers
+
+class Motifs(torch.utils.data.Dataset):
+    def __init__(self, n, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(0, 64, (n, 4), generator=g).repeat(1, 8)
+    def __len__(self):
+        return len(self.ids)
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+torch.manual_seed(0)
+config = transformers.GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=2,
+                                 bos_token_id=0, eos_token_id=0, pad_token_id=0)
+steps = int(sys.argv[4])
+args = transformers.TrainingArguments(output_dir=sys.argv[2], max_steps=steps, per_device_train_batch_size=16,
+                                      gradient_accumulation_steps=2, learning_rate=float(sys.argv[1]),
+                                      report_to=[], use_cpu=True, save_strategy="no", logging_steps=10,
+                                      disable_tqdm=True, eval_strategy="steps", eval_steps=steps // 2)
+trainer = transformers.Trainer(model=transformers.GPT2LMHeadModel(config), args=args,
+                               train_dataset=Motifs(512), eval_dataset=Motifs(64, seed=1))
+result = trainer.train()
+weights = sum(float(p.double().sum()) for p in trainer.model.parameters())
+json.dump({"loss": result.training_loss, "weights": weights,
+           "logged": [h["loss"] for h in trainer.state.log_history if "loss" in h]}, open(sys.argv[3], "w"))
+"""
+
+
+@pytest.mark.parametrize("lr, steps, code", [(1e-3, 80, None), (0.5, 40, "lr.too_high")], ids=["healthy", "lr 0.5"])
+def test_an_unmodified_trainer_script_under_nndoctor_watch(tmp_path, lr, steps, code):
+    """A script that trains with the HF Trainer and knows nothing of nndoctor (no callback):
+    `nndoctor watch` finds the model and its optimizer through the Trainer and Accelerate, names
+    the bug, stays silent on the healthy twin, and the run's numbers are those of the plain run."""
+    import json
+    import subprocess
+    import sys
+    script = tmp_path / "train.py"
+    script.write_text(TRAINER_SCRIPT)
+    subprocess.run([sys.executable, str(script), str(lr), str(tmp_path / "plain"), str(tmp_path / "plain.json"), str(steps)],
+                   check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True)
+    subprocess.run([sys.executable, "-m", "nndoctor.cli", "watch", "--out", str(tmp_path / "report"), str(script),
+                    str(lr), str(tmp_path / "watched"), str(tmp_path / "watched.json"), str(steps)],
+                   env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True)
+    plain, watched = (json.loads((tmp_path / f"{k}.json").read_text()) for k in ("plain", "watched"))
+    assert watched == plain  # the same losses and final weights, to the last bit
+    report = Report.from_json((tmp_path / "report" / "report.json").read_text())
+    problems = [f.code for f in report.findings if f.is_problem]
+    assert report.meta["steps"] == steps and report.meta["optimizer"] == "AdamW", report.meta
+    # the recorded loss of a step is the sum of its two micro-batches' (each divided by 2 by the Trainer)
+    assert report.series["loss"]["value"][-1] == pytest.approx(plain["logged"][-1], rel=0.1)
+    if code is None:
+        assert problems == [], [(f.code, f.message) for f in report.findings]
+    else:
+        assert problems and problems[0] == code, problems

@@ -293,3 +293,17 @@ def test_amp_with_grad_scaler_is_judged_unscaled(tmp_path):
     assert max(report.series["loss"]["value"]) < 5  # scaled by 2**30 the loss would be ~1e9
     assert max(report.series["grad_norm/total"]["value"]) < 100
     assert problems(report) == []
+
+
+@pytest.mark.parametrize("body", [ADAMW, MANUAL_SGD], ids=["torch.optim", "hand-written update"])
+def test_the_first_step_capture_leaves_the_torch_function_stack(tmp_path, body):
+    """The capture of the first step is a TorchFunctionMode: once the step is examined, no torch
+    call of the script may pass through it. The examination runs inside the first backward,
+    where torch has taken the mode off its stack, so it leaves at the next forward instead."""
+    body = body.replace("    import torch\n", "    import torch\n    from torch.overrides import _get_current_function_mode_stack\n", 1)
+    loop = "for i in range(0, 1024, 32):" if body.count("for i in range") else "for step in range(200):"
+    marker = loop + "\n            modes = len(_get_current_function_mode_stack())" if "for i" in loop else \
+        loop + "\n        modes = len(_get_current_function_mode_stack())"
+    body = body.replace(loop, marker, 1) + "\n    assert modes == 0, modes\n"
+    status, report = watched(tmp_path, body, args=["1e-3"])
+    assert status == 0 and report.meta["steps"] > 100

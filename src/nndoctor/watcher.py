@@ -234,7 +234,7 @@ class Doctor:
             h.append(self.optimizer.register_step_pre_hook(self._before_step))
             h.append(self.optimizer.register_step_post_hook(self._after_step_hook))
         # every step: three checks on the model as a whole, none per module (collect/nonfinite.py)
-        h += self._forward_hook(self.called, [self._arm_sampling, self.sentinel.on_input], pre=True)
+        h += self._forward_hook(self.called, [self._before_forward, self.sentinel.on_input], pre=True)
         h += self._forward_hook(self.called, [self._on_model_output])
         self._sample_due = self.step % self.sample_every == 0
         if self._unhookable:
@@ -262,6 +262,11 @@ class Doctor:
         forward collector (a backward reached it) and the sentinel (its gradient)."""
         outputs = trained_outputs(output)
         self.forwards.on_forward(module, args, outputs, self.sentinel.on_output(outputs))
+
+    def _before_forward(self, module, args, kwargs) -> None:
+        if self.capture is not None and self.capture.lingering:  # finished inside a backward (collect/case.py)
+            self.capture.leave_mode()
+        self._arm_sampling(module, args, kwargs)
 
     def _arm_sampling(self, module, args, kwargs) -> None:
         """At the first forward of a sampled step, attach the sampling hooks. Only an eager

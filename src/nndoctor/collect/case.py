@@ -225,7 +225,7 @@ class CaseCapture(TorchFunctionMode):
 
     def finish(self) -> None:
         """Stop capturing: remove the hooks, drop every tensor held, leave the mode when it is
-        innermost (else it passes everything through, and is left at a later call)."""
+        innermost (else it passes everything through until `leave_mode` can leave it)."""
         self.done = True
         for handle in self._handles:
             handle.remove()
@@ -234,14 +234,23 @@ class CaseCapture(TorchFunctionMode):
         self._first = ({}, None)
         self._sources, self._fed = {}, {}
         self._unwrap_loaders()
-        self._leave_mode()
+        self.leave_mode()
 
-    def _leave_mode(self) -> None:
+    @property
+    def lingering(self) -> bool:
+        """Finished but still on the mode stack: every torch function call still passes through it."""
+        return self.done and self._entered
+
+    def leave_mode(self) -> None:
+        """Leave the mode if it is innermost. It is not while a mode entered after it is active,
+        nor inside its own dispatch (torch takes a mode off the stack while it handles a call,
+        and `loss.backward()` is such a call: a capture finished in a backward hook cannot
+        leave there). The watcher calls this again before each forward of the model."""
         if not self._entered:
             return
         from torch.overrides import _get_current_function_mode_stack
         stack = _get_current_function_mode_stack()
-        if stack and stack[-1] is self:  # else a mode entered after ours is active: ours stays, inert
+        if stack and stack[-1] is self:
             self.__exit__(None, None, None)
             self._entered = False
 

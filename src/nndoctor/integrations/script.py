@@ -8,8 +8,10 @@ find what the script never hands over:
   several such modules (an encoder and a decoder called separately) are watched together;
 - the optimizer: the first one to step (the global optimizer step pre/post hooks);
 - the loss: the scalar tensor that `backward()` is called on (torch.autograd.backward is
-  wrapped: PyTorch has no global backward-call hook); the first one of each optimizer step,
-  which for a closure optimizer (LBFGS) is the loss at the start of the step. Under AMP,
+  wrapped: PyTorch has no global backward-call hook); with gradient accumulation, the sum of
+  the scalars backpropagated before the optimizer steps (the loss the step descends, as the
+  HF Trainer callback records it); inside a closure optimizer's step (LBFGS re-evaluates the
+  loss), the first, the loss at the start of the step. Under AMP,
   `scaler.scale(loss).backward()`, the loss before scaling (GradScaler.scale is wrapped too).
   The gradients are read at the optimizer step, after GradScaler unscaled them; a step it
   skips never reaches the optimizer's hooks.
@@ -67,7 +69,7 @@ class ScriptWatcher:
         # never read inside a compiled graph, where Dynamo would guard on them and recompile)
         self._early: deque[list] = deque(maxlen=REPLAYABLE)
         self._stepping: torch.optim.Optimizer | None = None  # the watched optimizer is inside step()
-        self._step_loss: torch.Tensor | None = None  # first loss backpropagated in this optimizer step
+        self._step_loss: torch.Tensor | None = None  # the loss backpropagated in this optimizer step
         self._module_hooks: list = []
         self._optimizer_hooks: list = []
         self._backward = None
@@ -209,6 +211,8 @@ class ScriptWatcher:
         loss = loss.detach().reshape(())
         if self._step_loss is None:
             self._step_loss = loss
+        elif self._stepping is None:  # accumulation (a closure's re-evaluation is inside the step)
+            self._step_loss = self._step_loss + loss
         if self.doctor is None:
             model = self._model_for(self._stepping)
             if model is None and not self._roots:  # no module at all: a model made of plain tensors
