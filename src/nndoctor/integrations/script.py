@@ -14,7 +14,8 @@ find what the script never hands over:
   loss), the first, the loss at the start of the step. Under AMP,
   `scaler.scale(loss).backward()`, the loss before scaling (GradScaler.scale is wrapped too).
   The gradients are read at the optimizer step, after GradScaler unscaled them; a step it
-  skips never reaches the optimizer's hooks.
+  skips never reaches the optimizer's hooks, and its loss is dropped at `scaler.update()`
+  (wrapped as well), so it is not added to the next step's.
 
 Scripts without torch.optim (a hand-written `p.data.add_(-lr * p.grad)`) are watched too:
 until an optimizer steps, each backward counts as one step and the update is measured
@@ -74,7 +75,7 @@ class ScriptWatcher:
         self._optimizer_hooks: list = []
         self._backward = None
         self._destroy = None
-        self._scale = None
+        self._scaler_methods: tuple | None = None  # GradScaler.scale and .update as they were
         self._unscaled: tuple | None = None  # (weak ref to GradScaler.scale's output, the loss given to it)
         self.broken = False
 
@@ -87,8 +88,8 @@ class ScriptWatcher:
         self._backward = torch.autograd.backward
         torch.autograd.backward = self._wrapped_backward
         self.capture.install()
-        self._scale = GradScaler.scale
-        GradScaler.scale = self._scaling_method()
+        self._scaler_methods = (GradScaler.scale, GradScaler.update)
+        GradScaler.scale, GradScaler.update = self._scaling_method(), self._updating_method()
         if torch.distributed.is_available():  # the final exchange must come before the group is gone
             self._destroy = torch.distributed.destroy_process_group
             torch.distributed.destroy_process_group = self._wrapped_destroy
@@ -102,9 +103,9 @@ class ScriptWatcher:
         if self._backward is not None:
             torch.autograd.backward = self._backward
             self._backward = None
-        if self._scale is not None:
-            GradScaler.scale = self._scale
-            self._scale = None
+        if self._scaler_methods is not None:
+            GradScaler.scale, GradScaler.update = self._scaler_methods
+            self._scaler_methods = None
         if self._destroy is not None:
             torch.distributed.destroy_process_group = self._destroy
             self._destroy = None
@@ -173,7 +174,7 @@ class ScriptWatcher:
     def _scaling_method(self):
         """GradScaler.scale that also remembers which loss it scaled: AMP scripts call
         `scaler.scale(loss).backward()`, and the loss to judge is the unscaled one."""
-        original, watcher = self._scale, self
+        original, watcher = self._scaler_methods[0], self
 
         def scale(scaler, outputs):
             scaled = original(scaler, outputs)
@@ -181,6 +182,16 @@ class ScriptWatcher:
                 watcher._unscaled = (weakref.ref(scaled), outputs.detach())
             return scaled
         return scale
+
+    def _updating_method(self):
+        """GradScaler.update, which ends every AMP step, also those whose optimizer step it
+        skipped (an overflow): such a step's loss is not the next step's."""
+        original, watcher = self._scaler_methods[1], self
+
+        def update(scaler, *args, **kwargs):
+            watcher._step_loss = None
+            return original(scaler, *args, **kwargs)
+        return update
 
     def _wrapped_destroy(self, *args, **kwargs):
         if isinstance(self.doctor, DistributedDoctor) and sys.exc_info()[0] is not None:
