@@ -320,7 +320,7 @@ json.dump({"loss": result.training_loss, "weights": weights,
 """
 
 
-@pytest.mark.parametrize("lr, steps, code", [(1e-3, 80, None), (0.5, 40, "lr.too_high")], ids=["healthy", "lr 0.5"])
+@pytest.mark.parametrize("lr, steps, code", [(1e-3, 80, None), (0.5, 24, "lr.too_high")], ids=["healthy", "lr 0.5"])
 def test_an_unmodified_trainer_script_under_nndoctor_watch(tmp_path, lr, steps, code):
     """A script that trains with the HF Trainer and knows nothing of nndoctor (no callback):
     `nndoctor watch` finds the model and its optimizer through the Trainer and Accelerate, names
