@@ -75,6 +75,22 @@ def warn_safely(message: str) -> None:
             pass
 
 
+def in_step_order(rows: list[tuple[str, np.ndarray, np.ndarray]]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """One row per series, its steps in order. A buffer flushes one group of rows per layout
+    (e.g. per set of parameters with a gradient): a series in several groups is merged."""
+    if len({name for name, _, _ in rows}) == len(rows):
+        return rows
+    parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for name, steps, values in rows:
+        parts.setdefault(name, []).append((steps, values))
+    merged = []
+    for name, part in parts.items():
+        steps, values = np.concatenate([s for s, _ in part]), np.concatenate([v for _, v in part])
+        order = np.argsort(steps, kind="stable")
+        merged.append((name, steps[order], values[order]))
+    return merged
+
+
 PROBE_EVERY = 5     # flushes between through-time probes of recurrent modules (one small backward each)
 EXAMINE_WITHIN = 3  # steps to wait for the first model call before giving up the pre-flight checks
 JUDGE_SHARE = 0.005  # in the user's loop, the rules run at a flush only while they have cost < 0.5% of the time
@@ -491,6 +507,7 @@ class Doctor:
         if self._flushes % PROBE_EVERY == 1 and self.activations.rnn_inputs:
             self._probe_rnns()
         self.sentinel.flush()  # before the reducer: DDP exchanges each rank's NaN origin with the rows
+        rows = in_step_order(rows)
         if self.reducer:
             rows = self.reducer(self, rows)
         for name, steps, values in rows:
