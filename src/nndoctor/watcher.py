@@ -478,29 +478,21 @@ class Doctor:
         """Move the device buffers to the history in one transfer each. The rows pass through
         the reducer (DDP: merged across ranks) and on to the sinks (TensorBoard) on the way.
         `final`: the report is due, so the forwards since the last step count (a last evaluation)."""
-        rows: list[tuple[str, np.ndarray, np.ndarray]] = []
-
-        def add(name: str, steps, values) -> None:
-            rows.append((name, np.asarray(steps), np.asarray(values, dtype=np.float64)))
-
-        for (name,), steps, values in self._scalars.flush():
-            add(name, steps, values[:, 0])
+        rows: list[tuple[str, np.ndarray, np.ndarray]] = [(name, steps, values[:, 0])
+                                                          for (name,), steps, values in self._scalars.flush()]
         names = [n for n, _ in self.params]
         for idx, steps, values in self.grads.norms.flush():
-            for col, i in enumerate(idx):
-                add("grad_norm/" + names[i], steps, values[:, col])
-            add("grad_norm/total", steps, (values ** 2).sum(1) ** 0.5)
+            rows += [("grad_norm/" + names[i], steps, column) for i, column in zip(idx, values.T)]
+            rows.append(("grad_norm/total", steps, (values ** 2).sum(1) ** 0.5))
         for prefix, buffer in (("dead_rows/", self.grads.dead_rows), ("update_ratio/", self.updates.ratios),
                                ("weight_norm/", self.updates.weight_norms)):
             for idx, steps, values in buffer.flush():
-                for col, i in enumerate(idx):
-                    add(prefix + names[i], steps, values[:, col])
+                rows += [(prefix + names[i], steps, column) for i, column in zip(idx, values.T)]
         for prefix, buffer in (("dead/", self.activations.dead), ("saturated/", self.activations.saturated),
                                ("positive/", self.activations.positive), ("output/", self.activations.output),
                                ("stale/", self.loop.stale)):
             for keys, steps, values in buffer.flush():
-                for col, key in enumerate(keys):
-                    add(prefix + key, steps, values[:, col])
+                rows += [(prefix + key, steps, column) for key, column in zip(keys, values.T)]
         self.histograms.flush()
         self.forwards.flush(final)
         self._flushes += 1
@@ -510,8 +502,7 @@ class Doctor:
         rows = in_step_order(rows)
         if self.reducer:
             rows = self.reducer(self, rows)
-        for name, steps, values in rows:
-            self.history[name].extend(steps, values)
+        self.history.record(rows)
         for sink in self.sinks:
             sink.flushed(self, rows)
 

@@ -31,12 +31,14 @@ class StepBuffer:
             steps, rows = groups.setdefault(key, ([], []))
             steps.append(step)
             if isinstance(row, torch.Tensor):
-                rows.append(row.reshape(-1).float())
+                rows.append(row)
             else:
                 rows.extend(row)
         self._rows = []
         out = []
         for key, (steps, rows) in groups.items():
+            if len({r.shape for r in rows}) > 1:  # one key's rows in several shapes: flattened one by one
+                rows = [r.reshape(-1) for r in rows]
             values = torch.stack(rows).float().reshape(len(steps), -1)
             values = values.cpu().numpy().astype(np.float64)  # one transfer per layout
             out.append((key, np.asarray(steps), values))
