@@ -187,6 +187,37 @@ def test_history_keeps_spikes_in_summaries():
     assert s.any_nonfinite()
 
 
+class Branchy(nn.Module):
+    """A layer used on every other sampled step only."""
+
+    def __init__(self):
+        super().__init__()
+        self.body, self.branch, self.use_branch = nn.Linear(8, 3), nn.Linear(8, 3), False
+
+    def forward(self, x):
+        return self.body(x) + (self.branch(x) if self.use_branch else 0)
+
+
+def test_series_keep_step_order_when_the_parameters_with_a_gradient_change():
+    """Each set of parameters with a gradient is a layout of its own in the buffers, and a
+    flush brings one group of rows per layout: each series must still run in step order."""
+    torch.manual_seed(0)
+    model = Branchy()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    X, y = make_data()
+    with nndoctor.watch(model, opt, sample_every=5, flush_every=50, examine=False, live=False) as doctor:
+        for step in range(100):
+            model.use_branch = step % 10 == 0
+            loss = nn.functional.cross_entropy(model(X[:32]), y[:32])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            doctor.log(loss=loss)
+    for name in ("grad_norm/body.weight", "grad_norm/total", "update_ratio/body.weight"):
+        steps, _ = doctor.history[name].trace()
+        assert steps.tolist() == list(range(0, 100, 5)), name
+
+
 def test_report_json_round_trip_with_nonfinite_evidence():
     f = nndoctor.Finding.make("loss.nonfinite", "NaN at step 3", evidence={"last": float("nan"), "x": [1.0, float("inf")]}, step=3)
     report = nndoctor.Report(findings=[f], meta={"steps": 3})

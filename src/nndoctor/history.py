@@ -44,8 +44,10 @@ class Series:
 
     def extend(self, steps, values) -> None:
         """`add` for each pair, in bulk (a flush brings 50 points for each of hundreds of series)."""
-        steps = np.asarray(steps, dtype=np.int64).tolist()
-        values = np.asarray(values, dtype=np.float64).tolist()
+        self.extend_lists(np.asarray(steps, dtype=np.int64).tolist(), np.asarray(values, dtype=np.float64).tolist())
+
+    def extend_lists(self, steps: list[int], values: list[float]) -> None:
+        """`extend` with the steps and values already Python ints and floats (kept as copies)."""
         self.count += len(steps)
         room = HEAD - len(self.head_steps)
         if room > 0:
@@ -127,20 +129,33 @@ class History:
 
     def __init__(self):
         self.series: dict[str, Series] = {}
+        self._kinds: dict[str, list[str]] = {}  # "grad_norm/" -> its series' names, in order of creation
 
     def __getitem__(self, name: str) -> Series:
         s = self.series.get(name)
         if s is None:
             s = self.series[name] = Series()
+            self._kinds.setdefault(name[:name.find("/") + 1], []).append(name)
         return s
 
     def get(self, name: str) -> Series | None:
         return self.series.get(name)
 
+    def record(self, rows) -> None:
+        """Extend each row's series by its (steps, values); consecutive rows of one layout share
+        their steps, converted once."""
+        last_steps, step_list = None, []
+        for name, steps, values in rows:
+            if steps is not last_steps:
+                last_steps, step_list = steps, np.asarray(steps, dtype=np.int64).tolist()
+            self[name].extend_lists(step_list, np.asarray(values, dtype=np.float64).tolist())
+
     def __contains__(self, name: str) -> bool:
         return name in self.series and len(self.series[name]) > 0
 
     def names(self, prefix: str) -> list[str]:
+        if prefix.endswith("/") and prefix.count("/") == 1:  # a kind: no scan of thousands of series
+            return list(self._kinds.get(prefix, ()))
         return [n for n in self.series if n.startswith(prefix)]
 
     def numbers_held(self) -> int:

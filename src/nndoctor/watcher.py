@@ -75,6 +75,22 @@ def warn_safely(message: str) -> None:
             pass
 
 
+def in_step_order(rows: list[tuple[str, np.ndarray, np.ndarray]]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """One row per series, its steps in order. A buffer flushes one group of rows per layout
+    (e.g. per set of parameters with a gradient): a series in several groups is merged."""
+    if len({name for name, _, _ in rows}) == len(rows):
+        return rows
+    parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for name, steps, values in rows:
+        parts.setdefault(name, []).append((steps, values))
+    merged = []
+    for name, part in parts.items():
+        steps, values = np.concatenate([s for s, _ in part]), np.concatenate([v for _, v in part])
+        order = np.argsort(steps, kind="stable")
+        merged.append((name, steps[order], values[order]))
+    return merged
+
+
 PROBE_EVERY = 5     # flushes between through-time probes of recurrent modules (one small backward each)
 EXAMINE_WITHIN = 3  # steps to wait for the first model call before giving up the pre-flight checks
 JUDGE_SHARE = 0.005  # in the user's loop, the rules run at a flush only while they have cost < 0.5% of the time
@@ -476,39 +492,31 @@ class Doctor:
         """Move the device buffers to the history in one transfer each. The rows pass through
         the reducer (DDP: merged across ranks) and on to the sinks (TensorBoard) on the way.
         `final`: the report is due, so the forwards since the last step count (a last evaluation)."""
-        rows: list[tuple[str, np.ndarray, np.ndarray]] = []
-
-        def add(name: str, steps, values) -> None:
-            rows.append((name, np.asarray(steps), np.asarray(values, dtype=np.float64)))
-
-        for (name,), steps, values in self._scalars.flush():
-            add(name, steps, values[:, 0])
+        rows: list[tuple[str, np.ndarray, np.ndarray]] = [(name, steps, values[:, 0])
+                                                          for (name,), steps, values in self._scalars.flush()]
         names = [n for n, _ in self.params]
         for idx, steps, values in self.grads.norms.flush():
-            for col, i in enumerate(idx):
-                add("grad_norm/" + names[i], steps, values[:, col])
-            add("grad_norm/total", steps, (values ** 2).sum(1) ** 0.5)
+            rows += [("grad_norm/" + names[i], steps, column) for i, column in zip(idx, values.T)]
+            rows.append(("grad_norm/total", steps, (values ** 2).sum(1) ** 0.5))
         for prefix, buffer in (("dead_rows/", self.grads.dead_rows), ("update_ratio/", self.updates.ratios),
                                ("weight_norm/", self.updates.weight_norms)):
             for idx, steps, values in buffer.flush():
-                for col, i in enumerate(idx):
-                    add(prefix + names[i], steps, values[:, col])
+                rows += [(prefix + names[i], steps, column) for i, column in zip(idx, values.T)]
         for prefix, buffer in (("dead/", self.activations.dead), ("saturated/", self.activations.saturated),
                                ("positive/", self.activations.positive), ("output/", self.activations.output),
                                ("stale/", self.loop.stale)):
             for keys, steps, values in buffer.flush():
-                for col, key in enumerate(keys):
-                    add(prefix + key, steps, values[:, col])
+                rows += [(prefix + key, steps, column) for key, column in zip(keys, values.T)]
         self.histograms.flush()
         self.forwards.flush(final)
         self._flushes += 1
         if self._flushes % PROBE_EVERY == 1 and self.activations.rnn_inputs:
             self._probe_rnns()
         self.sentinel.flush()  # before the reducer: DDP exchanges each rank's NaN origin with the rows
+        rows = in_step_order(rows)
         if self.reducer:
             rows = self.reducer(self, rows)
-        for name, steps, values in rows:
-            self.history[name].extend(steps, values)
+        self.history.record(rows)
         for sink in self.sinks:
             sink.flushed(self, rows)
 

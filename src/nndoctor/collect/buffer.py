@@ -37,7 +37,7 @@ class StepBuffer:
         self._rows = []
         out = []
         for key, (steps, rows) in groups.items():
-            if len({r.shape for r in rows}) > 1:  # rows of one layout almost always share a shape
+            if len({r.shape for r in rows}) > 1:  # one key's rows in several shapes: flattened one by one
                 rows = [r.reshape(-1) for r in rows]
             values = torch.stack(rows).float().reshape(len(steps), -1)
             values = values.cpu().numpy().astype(np.float64)  # one transfer per layout

@@ -74,7 +74,8 @@ def rule(code: str):
 
 @dataclass
 class Run:
-    """Everything the rules may read about a run, as of `step`."""
+    """Everything the rules may read about a run, as of `step`. A snapshot for one verdict:
+    the history does not change while it is judged, so views of it are computed once (`memo`)."""
     history: History
     step: int
     final: bool = True
@@ -95,6 +96,13 @@ class Run:
     order: list = field(default_factory=list)              # module names in execution order
     extra: dict = field(default_factory=dict)              # evidence added by diagnose (e.g. dropout probe)
     shapes: dict = field(default_factory=dict)             # param name -> whole shape, where only a shard is watched (FSDP1)
+    _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def memo(self, key: str, compute: Callable):
+        """`compute()`, once per Run: several rules ask the same view of hundreds of series."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     # ---- convenient views ------------------------------------------------------------
     def loss(self) -> tuple[np.ndarray, np.ndarray]:
@@ -111,6 +119,9 @@ class Run:
     def weight_layers(self) -> list[str]:
         """Weight-matrix parameters (ndim >= 2, not embeddings), from input to output in the
         order their modules run (registration order as a fallback)."""
+        return list(self.memo("weight_layers", self._weight_layers))
+
+    def _weight_layers(self) -> list[str]:
         embeddings = {n for m, n in self.module_names.items() if isinstance(m, nn.Embedding)}
         names = [n for n, p in self.params if len(self.shapes.get(n, p.shape)) >= 2 and self.module_of(n) not in embeddings
                  and self.series("grad_norm/" + n) is not None]
@@ -120,7 +131,7 @@ class Run:
     def numel(self, param_name: str) -> int:
         if param_name in self.shapes:
             return math.prod(self.shapes[param_name])
-        return next((p.numel() for n, p in self.params if n == param_name), 1)
+        return self.memo("numels", lambda: {n: p.numel() for n, p in reversed(self.params)}).get(param_name, 1)
 
     @property
     def baseline(self) -> float | None:
@@ -153,6 +164,9 @@ class Run:
 
     def weight_norm_ratios(self) -> dict[str, float]:
         """Latest / first norm of each weight matrix, where sampled (below 1: it shrank)."""
+        return dict(self.memo("weight_norm_ratios", self._weight_norm_ratios))
+
+    def _weight_norm_ratios(self) -> dict[str, float]:
         ratios = {}
         for name in self.weight_layers():
             s = self.series("weight_norm/" + name)

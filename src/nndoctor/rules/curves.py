@@ -61,6 +61,19 @@ def tail(values: np.ndarray, share: float) -> np.ndarray:
     return values[int(len(values) * (1 - share)):]
 
 
+def medians(arrays: list[np.ndarray]) -> list[float]:
+    """`np.median` of each (non-empty) array, those of one length in one call: a verdict takes
+    the medians of hundreds of layers' traces (the same numbers, a fraction of the time)."""
+    out = [0.0] * len(arrays)
+    by_length: dict[int, list[int]] = {}
+    for i, a in enumerate(arrays):
+        by_length.setdefault(len(a), []).append(i)
+    for members in by_length.values():
+        for i, m in zip(members, np.median(np.stack([arrays[i] for i in members]), axis=1).tolist()):
+            out[i] = m
+    return out
+
+
 def still_falling(values: np.ndarray, share: float = 0.5, by: float = 0.02) -> bool:
     """A straight line through the last `share` of the trace falls by more than `by` of the
     level over that stretch: the run is still learning, not stuck or converged."""

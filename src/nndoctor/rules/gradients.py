@@ -9,7 +9,7 @@ import torch
 
 from ..findings import Finding
 from . import Run, rule
-from .curves import finite, tail
+from .curves import finite, medians, tail
 
 VANISH_RATIO = 1e-3   # bottom/top gradient RMS below 1e-3: AUTOTRAINER's β1 for the first/last layer ratio
 EXPLODE_RATIO = 1e2   # bottom/top gradient RMS above 100 (AUTOTRAINER uses 70 on norms)
@@ -41,6 +41,11 @@ def rms_profile(run: Run) -> tuple[list[str], np.ndarray] | None:
 
 
 def layer_ratio(run: Run) -> tuple[float, str, str] | None:
+    """Median over steps of the bottom/top weight layers' gradient RMS (once per verdict)."""
+    return run.memo("layer_ratio", lambda: _layer_ratio(run))
+
+
+def _layer_ratio(run: Run) -> tuple[float, str, str] | None:
     profile = rms_profile(run)
     if profile is None:
         return None
@@ -135,7 +140,7 @@ def units_all_dead(run: Run) -> bool:
     """Some layer's units are (nearly) all dead: that alone zeroes the gradients below and
     beside it, so exactly-zero gradients are units.dead's evidence, not a cut graph."""
     dead = [run.series(n).latest for n in run.history.names("dead/") if run.series(n)]
-    positive = [np.median(run.series(n).trace()[1]) for n in run.history.names("positive/") if run.series(n)]
+    positive = medians([run.series(n).trace()[1] for n in run.history.names("positive/") if run.series(n)])
     return any(d >= 0.95 for d in dead) or any(p < 0.01 for p in positive)
 
 
@@ -148,8 +153,11 @@ def grad_zero(run: Run) -> Finding | None:
         s = run.series("grad_norm/" + name)
         if s is None or len(s) < 5:
             continue
+        if s.head_values[0] > 0:  # a non-zero first gradient: not zero, and some gradient is not (no trace needed)
+            total_nonzero = True
+            continue
         v = s.trace()[1]
-        if np.mean(v == 0) >= ZERO_SHARE and v[0] == 0:
+        if v[0] == 0 and np.mean(v == 0) >= ZERO_SHARE:
             zero.append(name)
         elif np.any(v > 0):
             total_nonzero = True

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..findings import Finding
 from . import Run, rule
-from .curves import finite, relative_drop, smooth, steady_decline
+from .curves import finite, medians, relative_drop, smooth, steady_decline
 from .units import DEAD_SHARE, WHOLE_LAYER
 
 DIVERGE_FACTOR = 4.0   # smoothed loss 4x its start and 4x its best: the LR range test's stop rule (fastai, Lightning)
@@ -20,12 +20,18 @@ TINY_UPDATE = 1e-4     # 10x below the healthy 1e-3 (CS231n) for the most-moved 
 def top_update_ratio(run: Run) -> tuple[float, str] | None:
     """Median over sampled steps of the largest per-layer update/weight ratio, and that layer.
     Weight matrices only: a bias starts near zero, so its ratio says nothing about the step."""
-    per_layer = {}
+    return run.memo("top_update_ratio", lambda: _top_update_ratio(run))
+
+
+def _top_update_ratio(run: Run) -> tuple[float, str] | None:
+    layers, traces = [], []
     for name in run.weight_layers():
         s = run.series("update_ratio/" + name)
         v = finite(s.trace()[1]) if s is not None else []
         if len(v) >= 3:
-            per_layer[name] = float(np.median(v))
+            layers.append(name)
+            traces.append(v)
+    per_layer = dict(zip(layers, medians(traces)))
     if not per_layer:
         return None
     layer = max(per_layer, key=per_layer.get)

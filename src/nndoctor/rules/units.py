@@ -7,7 +7,7 @@ import numpy as np
 
 from ..findings import Finding
 from . import Run, rule
-from .curves import finite, tail
+from .curves import finite, medians, tail
 
 DEAD_SHARE = 0.5      # half of a layer's units silent over hundreds of examples (AUTOTRAINER/DeepDiagnosis use 0.7 of entries)
 WHOLE_LAYER = 0.9     # nine in ten units dead: the layer is nearly cut, a warning even if the loss still falls
@@ -28,12 +28,12 @@ def units_dead(run: Run) -> Finding | None:
         if share is not None and share >= DEAD_SHARE:
             dead[module] = share
     relu_modules = [m for m, k in run.kinds.items() if k == "relu"]
-    layers = run.weight_layers()
+    layers = run.weight_layers() if not relu_modules else []  # nn.ReLU modules were measured themselves
     for name in layers[:-1]:  # the output layer has no activation after it
         module = run.module_of(name)
         share = _latest(run, "dead_rows/" + name)
         positive = _latest(run, "positive/" + module)
-        if share is None or share < DEAD_SHARE or positive is None or relu_modules:
+        if share is None or share < DEAD_SHARE or positive is None:
             continue
         if positive <= (1 - share) + 0.05:  # its silent rows are units that never output > 0
             dead[module] = share
@@ -78,14 +78,13 @@ def layers_slow_bottom(run: Run) -> Finding | None:
     layers = [n for n in run.weight_layers() if run.series("update_ratio/" + n) is not None]
     if len(layers) < 3:
         return None
-    medians = []
-    for n in layers:
-        v = finite(tail(run.history["update_ratio/" + n].trace()[1], 0.5))
-        medians.append(float(np.median(v)) if len(v) else float("nan"))
-    bottom, top = medians[0], max(medians[1:])
+    late = [finite(tail(run.history["update_ratio/" + n].trace()[1], 0.5)) for n in layers]
+    measured = iter(medians([v for v in late if len(v)]))
+    per_layer = [next(measured) if len(v) else float("nan") for v in late]
+    bottom, top = per_layer[0], max(per_layer[1:])
     if np.isfinite(bottom) and top > 0 and bottom / top < SLOW_RATIO:
         return Finding.make("layers.slow_bottom",
                             f"`{layers[0]}` changes by {bottom:.1e} of its weights per step, {top / max(bottom, 1e-300):.0f}x "
                             f"slower than the fastest layer above it.",
-                            evidence={"update_ratio": dict(zip(layers, medians))}, where=layers[0])
+                            evidence={"update_ratio": dict(zip(layers, per_layer))}, where=layers[0])
     return None
