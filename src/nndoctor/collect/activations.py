@@ -89,7 +89,6 @@ class _Window:
 class ActivationCollector:
     def __init__(self, model: nn.Module, names: dict[nn.Module, str]):
         self.model = model
-        self.names = names
         self.dead = StepBuffer()
         self.saturated = StepBuffer()
         self.positive = StepBuffer()
