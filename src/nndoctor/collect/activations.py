@@ -23,6 +23,11 @@ strided from input to output, so every module is still measured; a group stays f
 dead-unit window (`DEAD_WINDOW` sampled batches, the same as without rotation), which also
 gives the saturation rule its several points in a row. A net with at most
 `MODULES_PER_KIND` of each kind (every zoo net) has one group: every module, every sampled step.
+The price is latency: with g groups a module's verdicts come every g windows (an 80-block
+residual MLP, 3 groups: every ReLU judged by step ~480). Not one global forward hook instead:
+it saves the hooking, but still calls Python once per module call (and for every other
+model's modules, an EMA copy or a teacher), and torch warns at each call of a compiled
+wrapper while one exists.
 While rotating, which axis of a 3-d ReLU output holds the units (channels after a Conv1d,
 features after a Linear on a sequence) is read off the weight module that ran before it,
 learned once, on the first sampled step, with a bare bookkeeping hook on the modules
