@@ -7,7 +7,8 @@
 Only hooks are used, and none changes a value the training computes: every step, a forward
 pre-hook and a forward hook on the model and a tensor hook on its output (the non-finite
 sentinel) and the optimizer's step pre/post hooks; on sampled steps, forward hooks on the
-modules and tensor hooks on the last parameters. No hook per module runs on other steps. Collectors
+modules (at most a bounded group of each kind: collect/activations.py) and tensor hooks on
+the last parameters. No hook per module runs on other steps. Collectors
 write to device buffers; every `flush_every` steps one transfer moves them to the CPU
 history and the rules run, so a diverging run is named within tens of steps. Any exception
 in the doctor's own code is reported once as a warning and switches watching off; the
@@ -296,9 +297,11 @@ class Doctor:
     def _sample_hooks(self, on: bool) -> None:
         """Attach the hooks of a sampled step (activations on its forward pass, stale gradients
         on its backward); detach them after. Unsampled steps pay for none of them."""
-        for handle in self._sampling:
-            handle.remove()
-        self._sampling = []
+        if self._sampling:
+            for handle in self._sampling:
+                handle.remove()
+            self._sampling = []
+            self.activations.sampled()
         if on and self.active:
             per_module: dict[nn.Module, list] = {}
             order = [] if self.sentinel.order else self.sentinel.order_modules()
