@@ -4,8 +4,10 @@ Repetitions are interleaved, in a shuffled order each round, so machine noise hi
 variants alike. Time is this process's CPU time (`time.process_time`), which other
 processes on a shared machine do not inflate; ratios of medians and of best runs are
 printed, and the second plain variant shows the noise floor. CPU, 1 thread. Timed: the
-training steps under watching (its flushes and judging included; attaching and the final
-report, paid once per run, not).
+training steps under watching, as in a long run: one watcher stays attached through every
+repeat (its sampled steps, flushes and judging included; attaching, the first flush's
+judging in the warm-up, and the final report, paid once per run, not). Use a multiple of
+the flush interval (50) for --steps, so each repeat holds its share of flushes.
 
 Nets: the MLP 784-512-512-10 and the small CNN (batch 128), residual MLPs of 43, 203 and 803
 modules (width 32, batch 32: small modules, where a per-module cost would show), and a small
@@ -13,7 +15,7 @@ transformer language model (2 layers, d=64, batch 16 x 32 tokens), eager and thr
 `torch.compile`; for the compiled one, the graphs Dynamo compiled after warm-up are counted
 for each variant (watching must add none).
 
-    python benchmarks/overhead.py [--steps 40] [--repeats 5] [--nets mlp,cnn,...]
+    python benchmarks/overhead.py [--steps 100] [--repeats 5] [--nets mlp,cnn,...]
 
 With `cockpit-for-pytorch` importable (install it only in a throwaway venv), Cockpit's
 economy and business configurations run side by side, tracking every step as its README's
@@ -101,7 +103,7 @@ except ImportError:
 
 class Setup:
     """One variant's model, optimizer and batch, built once and reused by every repeat (a
-    compiled model compiles once, in the warm-up)."""
+    compiled model compiles once, in the warm-up); a watched one keeps its watcher attached."""
 
     def __init__(self, build, data, compiled: bool):
         torch.manual_seed(0)
@@ -111,6 +113,7 @@ class Setup:
         self.run = torch.compile(self.model) if compiled else self.model
         self.loss_fn = nn.CrossEntropyLoss()
         self.graphs_after_warmup = 0
+        self.doctor = None
 
     def loop(self, steps: int, doctor=None) -> None:
         for _ in range(steps):
@@ -131,16 +134,9 @@ def time_steps(setup: Setup, steps: int, options, cockpit_steps: int) -> float:
     if isinstance(options, str):
         return time_cockpit(setup.model, setup.opt, setup.x, setup.y, min(steps, cockpit_steps), options)
     graphs = compiled_graphs()
-    if options is None:
-        start = time.process_time()
-        setup.loop(steps)
-        elapsed = time.process_time() - start
-    else:  # the steps under watching, flushes and judging included; attaching and the final report not
-        with nndoctor.watch(setup.model, setup.opt, **options) as doctor:
-            start = time.process_time()
-            setup.loop(steps, doctor)
-            elapsed = time.process_time() - start
-        doctor.report()
+    start = time.process_time()
+    setup.loop(steps, setup.doctor)  # watched: its sampled steps, flushes and judging included
+    elapsed = time.process_time() - start
     setup.graphs_after_warmup += compiled_graphs() - graphs
     return elapsed / steps * 1000
 
@@ -172,7 +168,7 @@ def time_cockpit(model, opt, x, y, steps: int, config: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cockpit-steps", type=int, default=10)
     parser.add_argument("--nets", default="", help="comma-separated name prefixes (default: all)")
@@ -188,16 +184,21 @@ def main() -> None:
             continue
         setups = {v: Setup(build, data, compiled) for v in VARIANTS}
         for variant, setup in setups.items():  # warm-up (and compilation) outside the timing
-            if isinstance(VARIANTS[variant], dict):
-                with nndoctor.watch(setup.model, setup.opt, **VARIANTS[variant]) as doctor:
-                    setup.loop(max(3, args.steps // 4), doctor)  # compiled with the watcher's hooks in place
-            setup.loop(3)
+            if isinstance(VARIANTS[variant], dict):  # attached once; compiled with its hooks in place
+                setup.doctor = nndoctor.watch(setup.model, setup.opt, **VARIANTS[variant])
+                setup.doctor.attach()
+                setup.loop(51, setup.doctor)  # past the first flush, whose judging always runs
+            else:
+                setup.loop(3)
         times = {v: [] for v in VARIANTS}
         order = list(VARIANTS)
         for _ in range(args.repeats):
             random.shuffle(order)  # no variant always follows the heavy one
             for variant in order:
                 times[variant].append(time_steps(setups[variant], args.steps, VARIANTS[variant], args.cockpit_steps))
+        for setup in setups.values():
+            if setup.doctor is not None:
+                setup.doctor.detach()
         preflight = [first_step_examination(Setup(build, data, compiled)) for _ in range(3)]
         plain, plain_best = statistics.median(times["plain"]), min(times["plain"])
         for variant in VARIANTS:
