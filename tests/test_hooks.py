@@ -159,15 +159,21 @@ def test_nan_only_in_the_target_is_blamed_on_the_loss():
     assert finding.where is None and "parameters" not in finding.message
 
 
-def test_inf_made_only_in_the_backward_is_blamed_on_its_module():
+def backward_inf_run():
+    """A row of zeros at step 3 into a bias-free layer: its output row is zero, and the norm
+    after it (`1`) sends back 0/0 in the backward pass only."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16, bias=False), Magnitude(), nn.Linear(17, 3))
 
     def zero_row(step, x, y):
         if step == 3:
-            x[5] = 0.0  # no bias: the first layer's output row is zero, its norm's gradient 0/0
+            x[5] = 0.0
         return x, y
-    origin, finding = nonfinite_run(model, classification_batches(bad=zero_row))
+    return nonfinite_run(model, classification_batches(bad=zero_row))
+
+
+def test_inf_made_only_in_the_backward_is_blamed_on_its_module():
+    origin, finding = backward_inf_run()
     assert origin == {"step": 3, "module": "1", "stage": "backward"}
     assert finding.where == "1" and "backward pass of `1`" in finding.message
 
@@ -364,14 +370,7 @@ def test_checks_an_accelerator_has_not_published_are_placed_at_the_flush(monkeyp
     and the flush finds the first bad step and its stage (no replay: its step has passed)."""
     from nndoctor.collect import nonfinite
     monkeypatch.setattr(nonfinite, "published", lambda value, event=None: None)
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 16, bias=False), Magnitude(), nn.Linear(17, 3))
-
-    def zero_row(step, x, y):
-        if step == 3:
-            x[5] = 0.0  # no bias: the first layer's output row is zero, its norm's gradient 0/0
-        return x, y
-    origin, _ = nonfinite_run(model, classification_batches(bad=zero_row))
+    origin, _ = backward_inf_run()
     assert origin["step"] == 3 and origin["stage"] == "backward" and origin["module"] is None
 
 
