@@ -365,6 +365,27 @@ def test_nan_input_of_an_early_micro_batch_under_long_accumulation_is_the_data()
     assert origin["module"] == "<input>" and origin["step"] == 1
 
 
+def test_nan_of_a_step_the_script_skips_is_still_placed():
+    """A loop that logs a NaN loss and skips its backward and step: the forward that made it
+    reached no gradient, so it is checked whole at the next step and its module named."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), Log(), nn.Linear(16, 3))
+    with torch.no_grad():
+        model[0].bias.fill_(5.0)  # log of positive values until step 4's batch makes some negative
+    opt = torch.optim.SGD(model.parameters(), 0.01)
+    batches = classification_batches()
+    batches[4][0][7] = -100.0
+    with nndoctor.watch(model, opt, flush_every=5) as doctor:
+        for x, y in batches:
+            loss = nn.functional.cross_entropy(model(x), y)
+            doctor.log(loss=loss)
+            if not torch.isfinite(loss):
+                continue  # the script's own guard: no backward, no step
+            opt.zero_grad(); loss.backward(); opt.step()
+    finding = doctor.report().get("loss.nonfinite")
+    assert finding.evidence["origin"]["module"] == "1" and finding.evidence["origin"]["stage"] == "forward"
+
+
 def test_checks_an_accelerator_has_not_published_are_placed_at_the_flush(monkeypatch):
     """On a device whose checks are not read at once, every stage is checked on the device
     and the flush finds the first bad step and its stage (no replay: its step has passed)."""

@@ -10,8 +10,10 @@ would be), and every value of a tensor is seen (no strided sample that one bad r
 slip through). A NaN/Inf anywhere in a step reaches those gradients, so on the CPU, where a
 check is read at once, only they are checked each step, and the input, output and output
 gradient the step held are checked when a gradient is not finite (a few operations per
-step whatever the size of the batch or the model); on an accelerator, whose checks are read
-only once the device has them, all four are checked every step on the device.
+step whatever the size of the batch or the model); a forward no backward reached (a step
+the script skipped because its loss was NaN, an evaluation in grad mode) reaches no
+gradient, so it is checked whole. On an accelerator, whose checks are read only once the
+device has them, all four are checked every step on the device.
 
 The checks tell the stage where the first non-finite value appeared: the data (`<input>`),
 the model's forward, the loss (the output was finite but its gradient was not: NaN
@@ -102,12 +104,13 @@ def rng_state(x: torch.Tensor | None) -> tuple:
 class _Forward:
     """One training forward pass of the model, kept until the step ends: for its checks and
     a replay."""
-    __slots__ = ("args", "kwargs", "rng", "input", "output", "output_grad")
+    __slots__ = ("args", "kwargs", "rng", "input", "output", "output_grad", "checked")
 
     def __init__(self, args, kwargs, rng, x):
         self.args, self.kwargs, self.rng, self.input = args, kwargs, rng, x
         self.output: torch.Tensor | None = None       # detached: holding it keeps no graph alive
         self.output_grad: torch.Tensor | None = None
+        self.checked = False
 
 
 class NonFiniteSentinel:
@@ -174,6 +177,9 @@ class NonFiniteSentinel:
         forward.output_grad = grad.detach() if grad.requires_grad else grad
 
     def _check_forward(self, forward: _Forward) -> None:
+        if forward.checked:
+            return
+        forward.checked = True
         for stage, tensor in (("input", forward.input), ("output", forward.output),
                               ("output_grad", forward.output_grad)):
             if tensor is not None:
@@ -199,6 +205,9 @@ class NonFiniteSentinel:
         for p in self.checked:
             if p.grad is not None and not p.grad.is_sparse:
                 self._note("grads", local_tensor(p.grad))  # a DTensor (FSDP2): this rank's shard
+        for forward in self._forwards:
+            if forward.output_grad is None:  # no backward reached it: its NaN reaches no gradient
+                self._check_forward(forward)
         row = self._row()
         value = published(total(row)) if row is not None and row.device.type == "cpu" else None  # host memory
         if value is None or not math.isfinite(value):
