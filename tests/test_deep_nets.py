@@ -9,17 +9,10 @@ from torch import nn
 
 import nndoctor
 from nndoctor.collect.activations import DEAD_WINDOW, MODULES_PER_KIND
+from test_hooks import Block
 
 BLOCKS = 80  # 4 + 4 * 80 = 324 modules: 80 ReLUs, 82 Linears, three groups of each
-
-
-class Block(nn.Module):
-    def __init__(self, width: int):
-        super().__init__()
-        self.norm, self.linear, self.act = nn.LayerNorm(width), nn.Linear(width, width), nn.ReLU()
-
-    def forward(self, x):
-        return x + self.act(self.linear(self.norm(x)))
+GROUPS = -(-BLOCKS // MODULES_PER_KIND)  # the rotation's groups of ReLUs
 
 
 def residual_mlp(dead_block: int | None = None, width: int = 32, seed: int = 0) -> nn.Sequential:
@@ -51,14 +44,12 @@ def train(model, steps: int, doctor=None, lr: float = 0.01):
 
 def last_group_block() -> int:
     """A block whose ReLU is in the last group of the rotation: measured last."""
-    groups = -(-BLOCKS // MODULES_PER_KIND)
-    return max(i for i in range(BLOCKS) if i % groups == groups - 1)
+    return max(i for i in range(BLOCKS) if i % GROUPS == GROUPS - 1)
 
 
 def test_a_dead_relu_deep_in_a_large_net_is_named():
     block = last_group_block()
-    groups = -(-BLOCKS // MODULES_PER_KIND)
-    steps = (groups * DEAD_WINDOW + 2) * 20  # every group's window, with the default sampling every 20 steps
+    steps = (GROUPS * DEAD_WINDOW + 2) * 20  # every group's window, with the default sampling every 20 steps
     doctor = train(residual_mlp(dead_block=block), steps)
     report = doctor.report()
     dead = report.get("units.dead")
@@ -70,8 +61,7 @@ def test_a_dead_relu_deep_in_a_large_net_is_named():
 
 
 def test_a_healthy_large_net_stays_silent():
-    groups = -(-BLOCKS // MODULES_PER_KIND)
-    report = train(residual_mlp(), (groups * DEAD_WINDOW + 2) * 20).report()
+    report = train(residual_mlp(), (GROUPS * DEAD_WINDOW + 2) * 20).report()
     assert not [f for f in report.findings if f.severity in ("warning", "error")], report
 
 
