@@ -3,8 +3,9 @@
 One forward hook on the root model (never per module). Each call is noted on the host:
 grad mode, train mode, and, in grad mode, a tensor hook on the output that a backward
 reaching it sets (the same hook hands the output's gradient to the non-finite sentinel:
-one hook per output, not one per collector). At the next optimizer step the forwards of the window since the last
-step that no backward reached are *evaluations* (validation, inference); the others are
+one hook per output, not one per collector). At the next optimizer step the forwards of
+the window since the last step that no backward reached are *evaluations* (validation,
+inference); the others are
 training forwards. A forward on the very batch the last training forward saw (a metric on
 the training batch, told by a weak reference to that input) is neither.
 
@@ -139,12 +140,9 @@ class ForwardCollector:
 
     @staticmethod
     def _reached(record: _Forward, then=None):
-        if then is None:
-            def hook(grad):
-                record.backward = True
-        else:
-            def hook(grad):
-                record.backward = True
+        def hook(grad):
+            record.backward = True
+            if then is not None:
                 then(grad)
         return hook
 
