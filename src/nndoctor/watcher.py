@@ -250,7 +250,7 @@ class Doctor:
         if self.optimizer is not None and self.step_hooks:
             h.append(self.optimizer.register_step_pre_hook(self._before_step))
             h.append(self.optimizer.register_step_post_hook(self._after_step_hook))
-        # every step: three checks on the model as a whole, none per module (collect/nonfinite.py)
+        # every step: two hooks on the model, one on its output, none per module (collect/nonfinite.py)
         h += self._forward_hook(self.called, [self._before_forward, self.sentinel.on_input], pre=True)
         h += self._forward_hook(self.called, [self._on_model_output])
         self._sample_due = self.step % self.sample_every == 0
