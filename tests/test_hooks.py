@@ -313,7 +313,7 @@ def test_unsampled_steps_cost_the_same_python_calls_at_every_model_size(monkeypa
 
 
 def test_unsampled_steps_cost_the_same_few_tensor_operations_at_every_model_and_batch_size():
-    """The every-step checks: a handful of operations on a few gradients, not one per module,
+    """The every-step checks: three operations on a few gradients (their float64 sum), not one per module,
     and none on the batch (the input and output are only checked when a gradient is not finite)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -342,7 +342,7 @@ def test_unsampled_steps_cost_the_same_few_tensor_operations_at_every_model_and_
 
     added = {(blocks, rows): ops_of_one_step(blocks, rows, True) - ops_of_one_step(blocks, rows, False)
              for blocks in (2, 40) for rows in (32, 512)}
-    assert len(set(added.values())) == 1 and 0 < added[2, 32] <= 12, added
+    assert len(set(added.values())) == 1 and 0 < added[2, 32] <= 6, added
 
 
 def test_nan_input_of_an_early_micro_batch_under_long_accumulation_is_the_data():

@@ -4,16 +4,17 @@ Every training step the sentinel holds four things, with no Python call per modu
 model's input (a forward pre-hook on the model), its output (a forward hook), the gradient
 the loss sends back into the output (a tensor hook on the output, shared with
 collect/forwards.py), and, at the optimizer step, the gradients of a few parameters spread
-over the model. Each check is the min and max of a tensor (`aminmax`): non-finite exactly
+over the model. A check that is kept is the min and max of a tensor (`aminmax`): non-finite exactly
 when a NaN/Inf is there, never an overflow of finite values (a float32 sum of large ones
 would be), and every value of a tensor is seen (no strided sample that one bad row could
 slip through). A NaN/Inf anywhere in a step reaches those gradients, so on the CPU, where a
-check is read at once, only they are checked each step, and the input, output and output
-gradient the step held are checked when a gradient is not finite (a few operations per
-step whatever the size of the batch or the model); a forward no backward reached (a step
-the script skipped because its loss was NaN, an evaluation in grad mode) reaches no
-gradient, so it is checked whole. On an accelerator, whose checks are read only once the
-device has them, all four are checked every step on the device.
+check is read at once, only they are checked each step, in three operations whatever the size
+of the batch or the model (their float64 sum, finite exactly when each value is), and the
+input, output and output gradient the step held are checked when a gradient is not finite; a
+forward no backward reached (a step the script skipped because its loss was NaN, an
+evaluation in grad mode) reaches no gradient, so it is checked whole. On an accelerator,
+whose checks are read only once the device has them, all four are checked every step on the
+device.
 
 The checks tell the stage where the first non-finite value appeared: the data (`<input>`),
 the model's forward, the loss (the output was finite but its gradient was not: NaN
@@ -65,10 +66,11 @@ def extremes(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return torch.aminmax(t.detach() if t.requires_grad else t)  # (stacked at the step's end, in float32 or wider)
 
 
-def total(row: torch.Tensor) -> torch.Tensor:
-    """One number that is finite exactly when every check in `row` is: their sum in float64
-    (no sum of float32 extremes overflows it), one operation instead of isfinite + all."""
-    return row.sum(dtype=torch.float64)
+def total(values: torch.Tensor) -> torch.Tensor:
+    """One number that is finite exactly when every one of `values` (checks, or gradients)
+    is: their sum in float64 (no sum of float32 values overflows it), one operation instead
+    of isfinite + all."""
+    return values.sum(dtype=torch.float64)
 
 
 def published(value: torch.Tensor | None, event=None) -> float | None:
@@ -202,9 +204,13 @@ class NonFiniteSentinel:
 
     def end_step(self, step: int) -> None:
         """At the optimizer step (the gradients are there, the update is not done yet)."""
-        for p in self.checked:
-            if p.grad is not None and not p.grad.is_sparse:
-                self._note("grads", local_tensor(p.grad))  # a DTensor (FSDP2): this rank's shard
+        grads = [local_tensor(p.grad) for p in self.checked  # a DTensor (FSDP2): this rank's shard
+                 if p.grad is not None and not p.grad.is_sparse]
+        if self._finite_at_once(grads):
+            self._forwards.clear()
+            return
+        for grad in grads:
+            self._note("grads", grad)
         for forward in self._forwards:
             if forward.output_grad is None:  # no backward reached it: its NaN reaches no gradient
                 self._check_forward(forward)
@@ -220,6 +226,21 @@ class NonFiniteSentinel:
                     self._poll(step, row, self._stages)
         self._stages, self._values = [], []
         self._forwards.clear()
+
+    def _finite_at_once(self, grads: list[torch.Tensor]) -> bool:
+        """The common step on the CPU, in three operations: the checked gradients' float64 sum
+        (finite exactly when every value is: no sum of float32 values overflows it) read at
+        once, with every forward of the step reached by its backward and no check pending."""
+        if not grads or self._values:
+            return False
+        for forward in self._forwards:
+            if forward.output_grad is None:
+                return False
+        for grad in grads:
+            if grad.device.type != "cpu":
+                return False
+        flat = [g if g.dim() == 1 else g.reshape(-1) for g in grads]
+        return math.isfinite(published(total(torch.cat(flat) if len(flat) > 1 else flat[0])))
 
     def _poll(self, step: int, row: torch.Tensor, stages: list[str]) -> None:
         value, event = total(row), None
