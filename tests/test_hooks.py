@@ -2,6 +2,7 @@
 import contextlib
 import copy
 import io
+import math
 import pickle
 import runpy
 import sys
@@ -556,3 +557,18 @@ def test_a_model_fed_token_ids_is_watched_and_its_nan_found():
         warnings.simplefilter("error")  # no "stopped watching"
         origin, finding = nonfinite_run(model, batches)
     assert origin["module"] == "1" and origin["stage"] == "forward"  # log of a negative embedding value
+
+
+def test_a_strided_sample_of_a_large_output_meets_every_unit():
+    """The positive share and the histograms read a strided sample of a large output. With a
+    stride that shares a factor with one example's size (24 on 1000 features: the old
+    `numel // limit + 1`), it would meet the same one unit in 8 every time."""
+    from nndoctor.collect.activations import strided_sample
+    # (shape, positions per repeat of the units, positions per unit): features, channels, features of a sequence
+    for shape, period, unit_size in [((96, 1000), 1000, 1), ((128, 16, 8, 8), 1024, 64), ((40, 30, 512), 512, 1)]:
+        t = torch.arange(math.prod(shape)).reshape(shape)
+        read = strided_sample(t, 4096)
+        units = (read % period) // unit_size
+        assert read.numel() <= 4096 and units.unique().numel() == period // unit_size, shape
+    small = torch.randn(10, 7)
+    assert torch.equal(strided_sample(small, 4096), small.reshape(-1))

@@ -92,11 +92,12 @@ class GradientCollector:
                 segments = layout.owner(group, squares.device), layout.row_counts(group, squares.device)
                 self._mark(tuple(idx[j] for j in layout.groups[group]), squares > 0, layout.rows[group], segments)
         alone = [grads[j] for j in layout.alone]
-        self.norms.append(step, idx, layout.assemble([s.sqrt() for s in sums], norms(alone) if alone else None))
-        for j, g in zip(layout.alone, alone):
+        for k, (j, g) in enumerate(zip(layout.alone, alone)):
             if idx[j] in self._matrices and not g.is_sparse and g.dim() >= 2 and g.numel():
-                alive = torch.linalg.vector_norm(g.flatten(1), dim=1) > 0  # fastest all-zero test per row
-                self._mark((idx[j],), alive, (g.shape[0],), None)
+                rows = torch.linalg.vector_norm(g.flatten(1), dim=1)  # fastest all-zero test per row
+                self._mark((idx[j],), rows > 0, (g.shape[0],), None)
+                alone[k] = rows  # its norm is theirs: a large gradient is read once
+        self.norms.append(step, idx, layout.assemble([s.sqrt() for s in sums], norms(alone) if alone else None))
 
     def _mark(self, members: tuple[int, ...], alive: torch.Tensor, rows: tuple[int, ...], segments) -> None:
         seen = self._alive.get(members)

@@ -19,14 +19,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .activations import SATURATING, first_tensor, kind_of
+from .activations import SATURATING, first_tensor, kind_of, strided_sample
 from .buffer import StepBuffer
 
 BINS = 32
 MAX_LAYERS = 8
 MAX_SNAPSHOTS = 48
 LOG_DECADES = 4.0   # log10(1 + |x|) up to 4: |x| up to ~1e4
-MAX_VALUES = 8192   # outputs binned per histogram (a strided subsample of larger outputs)
+MAX_VALUES = 4096   # outputs binned per histogram (a strided sample of larger outputs)
 
 
 def value_range(module: nn.Module, kind: str) -> tuple[float, float, str]:
@@ -66,8 +66,7 @@ class HistogramCollector:
             if out is None or not out.is_floating_point():
                 return
             self._due[name] = self._step + max(1, self.spacing)
-            x = out.detach().reshape(-1)
-            x = x[::x.numel() // MAX_VALUES + 1].float()
+            x = strided_sample(out.detach(), MAX_VALUES).float()
             if scale == "log1p":
                 x = torch.log10(1 + x.clamp(min=0))
             elif scale == "symlog1p":

@@ -54,7 +54,7 @@ class UpdateCollector:
     def _positions(self, p: torch.Tensor) -> torch.Tensor | None:
         if p.numel() <= SMALL:
             return None
-        return torch.randperm(p.numel(), generator=self._generator)[:COORDINATES].to(p.device)
+        return torch.randperm(p.numel(), generator=self._generator)[:COORDINATES].sort().values.to(p.device)  # in memory order: a faster gather
 
     def _weights(self, idx: tuple[int, ...]):
         """The local shards' weights of parameters `idx` (the parameters themselves, unless
@@ -75,7 +75,11 @@ class UpdateCollector:
         reads = []
         for j in layout.alone:
             at = self.positions[idx[j]]
-            reads.append(weights[j].clone() if at is None else torch.take(weights[j], at))
+            w = weights[j]
+            if at is None:
+                reads.append(w.clone())
+            else:  # index_select on a flat view gathers ~2x faster than take
+                reads.append(torch.index_select(w.view(-1), 0, at) if w.is_contiguous() else torch.take(w, at))
         return reads
 
     def before_step(self, step: int) -> None:
