@@ -11,15 +11,21 @@ same comparison of the two plain copies is the noise floor. A chunk is a multipl
 sampling interval (20 steps), so each holds its share of sampled steps; the flushes (every 50)
 and the judging are spread over the rounds, which the mean (not a median) counts in full.
 Watching starts after the first step's examination (`examine=False`): that is paid once per
-run (see overhead.py).
+run (see overhead.py). With `--baseline`, a fourth copy is watched by another checkout's
+nndoctor (a worktree of main, say) in the same rounds: two separate runs on this VM differ by
+more than most changes do, so a change is only measured against its baseline side by side.
 
     python benchmarks/cost_per_step.py [--rounds 21] [--nets tiny,res43,res203,res803,mlp,cnn]
+                                       [--baseline ../main/src]   # a change against main, side by side
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -65,39 +71,75 @@ class Copy:
         return (time.process_time() - start) / steps
 
 
-def measure(build, shape, n, classes, steps, rounds):
+def measure(build, shape, n, classes, steps, rounds, baseline=None):
+    """(plain s/step, added s/step, its standard error, noise floor s/step, and with a
+    `baseline` package: what it adds and what this one adds beyond it, each ± its error)."""
     torch.manual_seed(0)
     x, y = torch.randn(n, *shape), torch.randint(0, classes, (n,))
     plain, watched, again = Copy(build, x, y), Copy(build, x, y), Copy(build, x, y)
     watched.doctor = nndoctor.watch(watched.model, watched.opt, examine=False, live=False)
     watched.doctor.attach()
-    for copy in (plain, watched, again):
-        copy.chunk(steps)  # warm-up (the watcher's first flush and judging are in the rounds)
-    added, floor, base = [], [], []
+    other = None
+    if baseline is not None:
+        other = Copy(build, x, y)
+        other.doctor = baseline.watch(other.model, other.opt, examine=False, live=False)
+        other.doctor.attach()
+    for copy in (plain, watched, again, other):
+        if copy is not None:
+            copy.chunk(steps)  # warm-up (the watcher's first flush and judging are in the rounds)
+    added, floor, base, theirs, beyond = [], [], [], [], []
     for _ in range(rounds):
         p1, w, p2, a = plain.chunk(steps), watched.chunk(steps), plain.chunk(steps), again.chunk(steps)
         p3 = plain.chunk(steps)
         added.append(w - (p1 + p2) / 2)
         floor.append(a - (p2 + p3) / 2)
         base.append((p1 + p2 + p3) / 3)
+        if other is not None:
+            o = other.chunk(steps)
+            theirs.append(o - (p2 + p3) / 2)
+            beyond.append(added[-1] - theirs[-1])
     watched.doctor.detach()
-    error = statistics.stdev(added) / len(added) ** 0.5
-    return statistics.mean(base), statistics.mean(added), error, statistics.mean(floor)
+    if other is not None:
+        other.doctor.detach()
+
+    def mean_error(values):
+        return (statistics.mean(values), statistics.stdev(values) / len(values) ** 0.5) if values else None
+    return (statistics.mean(base), *mean_error(added), statistics.mean(floor), mean_error(theirs), mean_error(beyond))
+
+
+def load_baseline(src: str):
+    """Another checkout's nndoctor (its `src` directory) as the package `nndoctor_baseline`,
+    to be measured side by side with this one (its modules import each other relatively)."""
+    root = Path(src) / "nndoctor"
+    spec = importlib.util.spec_from_file_location("nndoctor_baseline", root / "__init__.py",
+                                                  submodule_search_locations=[str(root)])
+    if spec is None or not (root / "__init__.py").is_file():
+        raise SystemExit(f"cost_per_step: no nndoctor package under {src}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["nndoctor_baseline"] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--nets", default=",".join(NETS))
+    parser.add_argument("--baseline", metavar="SRC", help="another checkout's src/ directory (e.g. a "
+                        "`git worktree` of main): its watcher runs side by side, and the difference is printed")
     args = parser.parse_args()
+    baseline = load_baseline(args.baseline) if args.baseline else None
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, 1 thread, CPU time, mean of {args.rounds} paired rounds")
     for key in args.nets.split(","):
         name, build, shape, n, classes, steps = NETS[key]
-        base, added, error, floor = measure(build, shape, n, classes, steps, args.rounds)
-        print(f"{name:26s} plain {base * 1e3:7.3f} ms  +{added * 1e6:6.0f} ± {error * 1e6:4.0f} us/step  "
-              f"{1 + added / base:.3f}x  "
-              f"(noise floor {floor * 1e6:+5.0f} us, {1 + floor / base:.3f}x)", flush=True)
+        base, added, error, floor, theirs, beyond = measure(build, shape, n, classes, steps, args.rounds, baseline)
+        line = (f"{name:26s} plain {base * 1e3:7.3f} ms  +{added * 1e6:6.0f} ± {error * 1e6:4.0f} us/step  "
+                f"{1 + added / base:.3f}x  (noise floor {floor * 1e6:+5.0f} us, {1 + floor / base:.3f}x)")
+        if baseline is not None:
+            line += (f"  baseline +{theirs[0] * 1e6:6.0f} ± {theirs[1] * 1e6:4.0f} us ({1 + theirs[0] / base:.3f}x),"
+                     f" this - baseline {beyond[0] * 1e6:+6.0f} ± {beyond[1] * 1e6:4.0f} us")
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

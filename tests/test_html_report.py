@@ -318,3 +318,32 @@ def test_page_layout_on_a_desktop_and_a_phone(tmp_path):
     assert phone["view"] == 390
     assert all(p["w"] >= 600 and p["right"] <= 390 + 1 for p in phone["plots"])  # legible width, scrolls in its frame
     assert (tmp_path / "page-1400.png").exists() and (tmp_path / "page-390.png").exists()
+
+
+def test_histograms_binned_together_at_the_flush_equal_histc_of_each_layer():
+    """The flush bins every layer's samples in one pass; each row must be what `torch.histc`
+    gives on that layer's strided sample, out-of-range and NaN values in the edge bins."""
+    from nndoctor.collect.activations import strided_sample
+    from nndoctor.collect.histograms import BINS, MAX_VALUES, HistogramCollector
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 3))
+    collector = HistogramCollector({m: n for n, m in model.named_modules()})
+    for module, hook in collector.modules():
+        module.register_forward_hook(hook)
+    expected = {"1": [], "3": []}
+    for step in range(3):
+        collector._step = step
+        x = torch.randn(128, 8) * 5 * (step + 1)
+        x[0, 0] = float("nan")
+        model(x)
+        outputs = {"1": model[1](model[0](x)), "3": model[3](model[2](model[1](model[0](x))))}
+        for name, out in outputs.items():
+            lo, hi = (0.0, 4.0) if name == "1" else (-1.0, 1.0)
+            v = strided_sample(out.detach(), MAX_VALUES).float()
+            v = torch.log10(1 + v.clamp(min=0)) if name == "1" else v
+            counts = torch.histc(torch.nan_to_num(v, nan=hi, posinf=hi, neginf=lo).clamp(lo, hi), bins=BINS, min=lo, max=hi)
+            expected[name].append(counts / counts.sum())
+    collector.flush()
+    for name, rows in expected.items():
+        assert collector.kept[name]["step"] == [0, 1, 2]
+        assert torch.allclose(torch.tensor(collector.kept[name]["value"]), torch.stack(rows), atol=1e-4), name

@@ -1,6 +1,8 @@
-"""Activation histograms over time (the "colorful dimension" plot): on sampled steps, each
-activation layer's outputs are binned on the device with `torch.histc` into fixed bins, and
-the rows move to the CPU with the other buffers at a flush. No per-step sync.
+"""Activation histograms over time (the "colorful dimension" plot): on sampled steps, a
+strided sample of each activation layer's outputs is copied; at the flush the samples of all
+layers are binned together on the device into fixed bins (one transform and one `index_add_`
+for all, not a `histc` and its transform per layer), and move to the CPU with the other
+buffers. No per-step sync.
 
 Fixed bins make the histograms comparable across steps without a pass to find the range:
 sigmoid/tanh-like outputs on their own range; ReLU outputs and pre-activations on a log
@@ -11,7 +13,7 @@ Bounded: at most `MAX_LAYERS` layers (spread from input to output) and `MAX_SNAP
 histograms per layer; when full, every other snapshot is dropped, so the kept ones stay
 spread evenly over the whole run, and from then on histograms are only computed at the new
 spacing: about 2·MAX_SNAPSHOTS per layer over any run length, each on at most
-`MAX_VALUES` evenly strided outputs.
+`MAX_VALUES` evenly strided outputs; at most `SAMPLES_HELD` samples wait for a flush.
 """
 from __future__ import annotations
 
@@ -20,13 +22,13 @@ import torch
 from torch import nn
 
 from .activations import SATURATING, first_tensor, kind_of, strided_sample
-from .buffer import StepBuffer
 
 BINS = 32
 MAX_LAYERS = 8
 MAX_SNAPSHOTS = 48
 LOG_DECADES = 4.0   # log10(1 + |x|) up to 4: |x| up to ~1e4
 MAX_VALUES = 4096   # outputs binned per histogram (a strided sample of larger outputs)
+SAMPLES_HELD = 64   # samples held for binning at the flush (bounded memory whatever `flush_every`)
 
 
 def value_range(module: nn.Module, kind: str) -> tuple[float, float, str]:
@@ -48,10 +50,11 @@ class HistogramCollector:
             keep = np.unique(np.linspace(0, len(layers) - 1, MAX_LAYERS).round().astype(int))
             layers = [layers[i] for i in keep]
         self.layers = {n: (m, value_range(m, kind)) for m, n, kind in layers}
-        self.buffer = StepBuffer()
+        self._binned: list[tuple[list[tuple[int, str]], torch.Tensor]] = []  # binned on the device, for the flush
         self.kept: dict[str, dict] = {}   # name -> {"step": [...], "value": [[fractions]], "range", "scale"}
         self.spacing = 0                  # steps between histograms; grows as the kept ones are thinned
         self._due: dict[str, int] = {}
+        self._samples: list[tuple[int, str, torch.Tensor]] = []  # (step, layer, values) to bin at the flush
         self._step = 0
 
     def modules(self):
@@ -66,22 +69,47 @@ class HistogramCollector:
             if out is None or not out.is_floating_point():
                 return
             self._due[name] = self._step + max(1, self.spacing)
-            x = strided_sample(out.detach(), MAX_VALUES).float()
+            # a copy (the output itself is freed by the backward); binned with the others at the flush
+            self._samples.append((self._step, name, strided_sample(out.detach(), MAX_VALUES).to(torch.float32, copy=True)))
+            if len(self._samples) >= SAMPLES_HELD:
+                self._bin()
+        return hook
+
+    def _bin(self) -> None:
+        """Bin the held samples, all the layers of one scale together: one transform, one
+        `index_add_` into a row of bins per sample (no per-layer ops, no device sync)."""
+        by_range: dict[tuple, list[tuple[int, str, torch.Tensor]]] = {}
+        for step, name, x in self._samples:
+            by_range.setdefault(self.layers[name][1], []).append((step, name, x))
+        self._samples = []
+        for (lo, hi, scale), held in by_range.items():
+            x = torch.cat([v for _, _, v in held])
             if scale == "log1p":
                 x = torch.log10(1 + x.clamp(min=0))
             elif scale == "symlog1p":
                 x = torch.sign(x) * torch.log10(1 + x.abs())
             x = torch.nan_to_num(x, nan=hi, posinf=hi, neginf=lo).clamp(lo, hi)
-            counts = torch.histc(x, bins=BINS, min=lo, max=hi)
-            self.buffer.append(self._step, (name,), counts / counts.sum().clamp(min=1))
-        return hook
+            bins = ((x - lo) * (BINS / (hi - lo))).long().clamp_(max=BINS - 1)  # histc's bins: [lo, hi] in BINS, hi in the last
+            # each sample's first bin, made on the device (a host tensor copied there would wait for it)
+            first_bin = torch.cat([torch.full((v.numel(),), i * BINS, dtype=torch.long, device=x.device)
+                                   for i, (_, _, v) in enumerate(held)])
+            counts = torch.zeros(len(held) * BINS, device=x.device).index_add_(0, first_bin + bins, torch.ones_like(x))
+            counts = counts.view(len(held), BINS)
+            self._binned.append(([(step, name) for step, name, _ in held], counts / counts.sum(1, keepdim=True).clamp(min=1)))
 
     def flush(self) -> None:
-        for (name,), steps, rows in self.buffer.flush():
+        self._bin()
+        rows: dict[str, list[tuple[int, list[float]]]] = {}
+        for held, fractions in self._binned:  # one transfer per scale
+            for (step, name), row in zip(held, np.round(fractions.cpu().numpy().astype(np.float64), 4).tolist()):
+                rows.setdefault(name, []).append((step, row))
+        self._binned = []
+        for name, snapshots in rows.items():
             lo, hi, scale = self.layers[name][1]
             kept = self.kept.setdefault(name, {"step": [], "value": [], "range": [lo, hi], "scale": scale})
-            kept["step"].extend(int(s) for s in steps)
-            kept["value"].extend(np.round(rows, 4).tolist())
+            for step, row in sorted(snapshots, key=lambda snapshot: snapshot[0]):
+                kept["step"].append(step)
+                kept["value"].append(row)
             while len(kept["step"]) > MAX_SNAPSHOTS:
                 kept["step"], kept["value"] = kept["step"][::2], kept["value"][::2]
                 self.spacing = max(self.spacing, kept["step"][1] - kept["step"][0])
