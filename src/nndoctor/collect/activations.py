@@ -192,8 +192,8 @@ class ActivationCollector:
                 self.saturated.append(self._step, (name,), (distance > half_width).float().mean())
             elif kind == "weighted":
                 self._last_conv = isinstance(mod, CONV)
-                read = strided_sample(out, SHARE_VALUES)
-                self.positive.append(self._step, (name,), read.gt(0).sum() / read.numel())
+                read = out if out.numel() <= SHARE_VALUES else strided_sample(out, SHARE_VALUES)
+                self.positive.append(self._step, (name,), torch.mean(read > 0, dtype=torch.float32))
             elif kind == "recurrent" and inputs and isinstance(inputs[0], torch.Tensor):
                 self.rnn_inputs[name] = inputs[0].detach()[:16].clone() if mod.batch_first else inputs[0].detach()[:, :16].clone()
         return hook
