@@ -10,6 +10,7 @@ import textwrap
 import warnings
 import zipfile
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -572,3 +573,40 @@ def test_a_strided_sample_of_a_large_output_meets_every_unit():
         assert read.numel() <= 4096 and units.unique().numel() == period // unit_size, shape
     small = torch.randn(10, 7)
     assert torch.equal(strided_sample(small, 4096), small.reshape(-1))
+
+
+def test_a_step_whose_checked_gradients_are_empty_shards_is_still_checked():
+    """FSDP2 on a rank holding none of a small bias: the checked gradient is an empty local
+    shard. Its sum (0) says nothing, so the step's own checks must still run (found on review:
+    the CPU fast path took the empty sum for a finite step and lost a NaN input)."""
+    from nndoctor.collect.nonfinite import NonFiniteSentinel
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    sentinel = NonFiniteSentinel(model, {m: n for n, m in model.named_modules()})
+    shard = nn.Parameter(torch.zeros(0))
+    shard.grad = torch.zeros(0)
+    sentinel.checked = [shard]
+    x = torch.randn(5, 4)
+    x[0, 0] = float("nan")
+    sentinel.on_input(model, (x,), {})
+    out = model(x)
+    sentinel.on_output([out])(torch.ones_like(out))  # the output's gradient, as the backward hands it over
+    sentinel.end_step(0)
+    sentinel.flush()
+    assert sentinel.origin is not None and sentinel.origin["module"] == "<input>"
+
+
+def test_the_input_summary_of_a_constant_feature_under_a_large_mean_has_zero_spread():
+    """data.split_mismatch compares per-feature spreads: a constant feature must read 0, not
+    the rounding of a large mean (two passes about the first row; found on review)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3))
+    opt = torch.optim.SGD(model.parameters(), 0.01)
+    x, y = torch.randn(64, 4) * 3 + 1e4, torch.randint(0, 3, (64,))
+    x[:, 2] = 3333.33
+    with nndoctor.watch(model, opt, examine=False, live=False) as doctor:
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(); loss.backward(); opt.step()
+        doctor.log(loss=loss)
+    _, (mean, std, low, high) = doctor.forwards.stats["train"][0]
+    assert std[2] == 0 and abs(mean[2] - 3333.33) < 1e-3 and np.allclose(std[[0, 1, 3]], 3, rtol=0.3)
+    assert np.allclose(mean, x.double().mean(0).numpy(), atol=2e-3) and np.allclose(high, x.amax(0).numpy())

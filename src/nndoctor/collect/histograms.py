@@ -76,13 +76,13 @@ class HistogramCollector:
         return hook
 
     def _bin(self) -> None:
-        """Bin the held samples, all the layers of one scale together: one transform, one
+        """Bin the held samples, all the layers of one scale (and device) together: one transform, one
         `index_add_` into a row of bins per sample (no per-layer ops, no device sync)."""
         by_range: dict[tuple, list[tuple[int, str, torch.Tensor]]] = {}
-        for step, name, x in self._samples:
-            by_range.setdefault(self.layers[name][1], []).append((step, name, x))
+        for step, name, x in self._samples:  # a model split over devices: each device's layers apart
+            by_range.setdefault((*self.layers[name][1], x.device), []).append((step, name, x))
         self._samples = []
-        for (lo, hi, scale), held in by_range.items():
+        for (lo, hi, scale, _), held in by_range.items():
             x = torch.cat([v for _, _, v in held])
             if scale == "log1p":
                 x = torch.log10(1 + x.clamp(min=0))

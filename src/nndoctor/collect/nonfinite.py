@@ -233,6 +233,7 @@ class NonFiniteSentinel:
         pending. A NaN/Inf makes the sum non-finite; so does, rarely, an overflow of finite
         values, and then the exact checks (`extremes`) of the full path tell them apart. (In
         float32, not float64: the cast costs ~30 µs on a CPU whose caches the backward emptied.)"""
+        grads = [g for g in grads if g.numel()]  # an empty shard (FSDP2: a bias smaller than the ranks) says nothing
         if not grads or self._values:
             return False
         for forward in self._forwards:
