@@ -315,7 +315,7 @@ def test_unsampled_steps_cost_the_same_python_calls_at_every_model_size(monkeypa
 
 
 def test_unsampled_steps_cost_the_same_few_tensor_operations_at_every_model_and_batch_size():
-    """The every-step checks: three operations on a few gradients (their float64 sum), not one per module,
+    """The every-step checks: three operations on a few gradients (their sum, read at once), not one per module,
     and none on the batch (the input and output are only checked when a gradient is not finite)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 

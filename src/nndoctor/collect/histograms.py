@@ -99,17 +99,17 @@ class HistogramCollector:
 
     def flush(self) -> None:
         self._bin()
-        rows: dict[str, list[tuple[int, list[float]]]] = {}
-        for held, fractions in self._binned:  # one transfer per scale
+        touched = set()
+        for held, fractions in self._binned:  # one transfer per scale; a layer's samples are in step order
             for (step, name), row in zip(held, np.round(fractions.cpu().numpy().astype(np.float64), 4).tolist()):
-                rows.setdefault(name, []).append((step, row))
-        self._binned = []
-        for name, snapshots in rows.items():
-            lo, hi, scale = self.layers[name][1]
-            kept = self.kept.setdefault(name, {"step": [], "value": [], "range": [lo, hi], "scale": scale})
-            for step, row in sorted(snapshots, key=lambda snapshot: snapshot[0]):
+                lo, hi, scale = self.layers[name][1]
+                kept = self.kept.setdefault(name, {"step": [], "value": [], "range": [lo, hi], "scale": scale})
                 kept["step"].append(step)
                 kept["value"].append(row)
+                touched.add(name)
+        self._binned = []
+        for name in touched:
+            kept = self.kept[name]
             while len(kept["step"]) > MAX_SNAPSHOTS:
                 kept["step"], kept["value"] = kept["step"][::2], kept["value"][::2]
                 self.spacing = max(self.spacing, kept["step"][1] - kept["step"][0])

@@ -66,11 +66,10 @@ def extremes(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return torch.aminmax(t.detach() if t.requires_grad else t)  # (stacked at the step's end, in float32 or wider)
 
 
-def total(values: torch.Tensor) -> torch.Tensor:
-    """One number that is finite exactly when every one of `values` (checks, or gradients)
-    is: their sum in float64 (no sum of float32 values overflows it), one operation instead
-    of isfinite + all."""
-    return values.sum(dtype=torch.float64)
+def total(row: torch.Tensor) -> torch.Tensor:
+    """One number that is finite exactly when every check in `row` is: their sum in float64
+    (no sum of float32 extremes overflows it), one operation instead of isfinite + all."""
+    return row.sum(dtype=torch.float64)
 
 
 def published(value: torch.Tensor | None, event=None) -> float | None:
